@@ -1,0 +1,1 @@
+"""Example site that installs reversehttp_gateway."""

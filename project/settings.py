@@ -1,0 +1,123 @@
+"""Settings of the example site. Every value can be overridden from the environment.
+
+RHGW_BROKER=redis and RHGW_REDIS_URL select the shared Redis broker; DATABASE_URL-style
+settings are kept simple: RHGW_DB_PATH (SQLite file) or RHGW_PG_NAME (PostgreSQL on localhost).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("RHGW_VAR_DIR", BASE_DIR / "var"))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-only-insecure-secret-change-me")
+DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"
+ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "*").split(",")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "reversehttp_gateway",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+ASGI_APPLICATION = "project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+if os.environ.get("RHGW_PG_NAME"):
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": os.environ["RHGW_PG_NAME"],
+            "HOST": os.environ.get("RHGW_PG_HOST", "127.0.0.1"),
+            "USER": os.environ.get("RHGW_PG_USER", "postgres"),
+            "CONN_HEALTH_CHECKS": True,
+        }
+    }
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("RHGW_DB_PATH", str(VAR_DIR / "gateway.sqlite3")),
+            "OPTIONS": {
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL;",
+            },
+            "TEST": {"NAME": os.environ.get("RHGW_TEST_DB_PATH", str(VAR_DIR / "test.sqlite3"))},
+        }
+    }
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REVERSEHTTP_GATEWAY = {
+    "BASE_URL": os.environ.get("RHGW_BASE_URL", "http://localhost:8000"),
+    "PUBLIC_URL_MODE": os.environ.get("RHGW_PUBLIC_URL_MODE", "path"),
+    "VHOST_DOMAIN": os.environ.get("RHGW_VHOST_DOMAIN") or None,
+    "BROKER": os.environ.get("RHGW_BROKER", "memory"),
+    "REDIS_URL": os.environ.get("RHGW_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    "REDIS_PREFIX": os.environ.get("RHGW_REDIS_PREFIX", "rhgw"),
+}
+for _name, _cast in [
+    ("POLL_TIMEOUT", float),
+    ("NO_APP_TIMEOUT", float),
+    ("REPLY_TIMEOUT", float),
+    ("DEFAULT_LEASE", int),
+    ("MIN_LEASE", int),
+    ("MAX_BODY_SIZE", int),
+    ("EXPIRY_INTERVAL", float),
+    ("SHUTDOWN_TIMEOUT", float),
+    ("ENROLMENT", str),
+    ("HYPHEN_TOKEN", str),
+]:
+    if f"RHGW_{_name}" in os.environ:
+        REVERSEHTTP_GATEWAY[_name] = _cast(os.environ[f"RHGW_{_name}"])
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "line"}},
+    "loggers": {
+        "reversehttp_gateway": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
+}

@@ -1,0 +1,91 @@
+"""The gateway's ASGI entry point: routes gateway traffic to raw handlers, the rest to Django.
+
+``GatewayApplication(django_app)`` wraps the site's ASGI application. Service URL, private URLs,
+Request URLs and public URLs are served without Django's request cycle (notes P2, §9); everything
+else (admin, status pages, the site's own views) goes to ``django_app``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from .conf import gateway_settings
+from .http import Receive, Scope, Send, header, respond_error
+from .queue.base import BrokerUnavailable
+from .runtime import runtime
+
+logger = logging.getLogger(__name__)
+
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _public_label(scope: Scope) -> str | None:
+    """The label a public request is addressed to, or None when it is not public traffic."""
+    if gateway_settings.PUBLIC_URL_MODE == "vhost":
+        domain = gateway_settings.VHOST_HOSTNAME
+        host = (header(scope, b"host") or b"").decode("latin-1").lower()
+        hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if domain and hostname.endswith("." + domain):
+            label = hostname[: -len(domain) - 1]
+            return label if _LABEL.fullmatch(label) else None
+        return None
+    first = scope["path"].lstrip("/").split("/", 1)[0].lower()
+    if not _LABEL.fullmatch(first) or first in gateway_settings.RESERVED_LABELS:
+        return None
+    return first
+
+
+class GatewayApplication:
+    """ASGI callable: lifespan, gateway HTTP endpoints, and fallback to the wrapped app."""
+
+    def __init__(self, fallback: Any) -> None:
+        self.fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            await self.fallback(scope, receive, send)
+            return
+        path: str = scope["path"]
+        service_path = gateway_settings.SERVICE_PATH
+        is_service = path == service_path or path.startswith(service_path + "/")
+        label = None if is_service else _public_label(scope)
+        if not is_service and label is None:
+            await self.fallback(scope, receive, send)
+            return
+        if is_service and scope["method"] == "GET" and path.rstrip("/") == service_path:
+            await self.fallback(scope, receive, send)  # RH-80: staff status page, a Django view
+            return
+        try:
+            broker = await runtime.ensure_started()
+            if is_service:
+                from . import service
+
+                await service.handle(scope, receive, send, broker, path[len(service_path) :])
+            else:
+                from . import public
+
+                assert label is not None
+                await public.handle(scope, receive, send, broker, label)
+        except BrokerUnavailable as exc:
+            logger.warning("Broker unavailable: %s", exc)
+            await respond_error(send, 503, "The gateway's queue is unavailable", retry_after=5)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await runtime.ensure_started()
+                except Exception as exc:  # reported to the server, which refuses to start
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await runtime.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

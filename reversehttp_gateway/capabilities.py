@@ -1,0 +1,52 @@
+"""Unguessable URLs derived from ``SECRET_KEY``: the private URL and the Request URLs (RH-90).
+
+The private URL's secret is an HMAC of the registration's label and nonce, so the gateway can
+hand the same URLs out again on a 204 refresh without storing the secret. A Request URL's slot
+is a random part plus its own HMAC, so any slot the gateway issued is recognised without
+storage, and a never-issued one is refused (RH-23: 404).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+
+from django.conf import settings
+
+_SLOT_RANDOM_BYTES = 12
+_MAC_BYTES = 18
+
+
+def _mac(*parts: str) -> str:
+    message = "\x00".join(("reversehttp-gateway", *parts)).encode()
+    digest = hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:_MAC_BYTES]).decode()
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(16)
+
+
+def registration_secret(label: str, nonce: str) -> str:
+    """The secret path segment of a registration's private URL (144-bit HMAC)."""
+    return _mac("registration", label, nonce)
+
+
+def registration_secret_matches(label: str, nonce: str, secret: str) -> bool:
+    return hmac.compare_digest(registration_secret(label, nonce), secret)
+
+
+def new_slot(broker_key: str) -> str:
+    """A fresh Request URL slot for ``broker_key``: 96 random bits plus a 144-bit HMAC."""
+    random_part = secrets.token_urlsafe(_SLOT_RANDOM_BYTES)
+    return random_part + _mac("slot", broker_key, random_part)
+
+
+def slot_matches(broker_key: str, slot: str) -> bool:
+    random_len = len(secrets.token_urlsafe(_SLOT_RANDOM_BYTES))
+    random_part, mac = slot[:random_len], slot[random_len:]
+    return len(random_part) == random_len and hmac.compare_digest(
+        _mac("slot", broker_key, random_part), mac
+    )

@@ -1,0 +1,169 @@
+"""The gateway's settings: one ``REVERSEHTTP_GATEWAY`` dict, read live with documented defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+DEFAULTS: dict[str, Any] = {
+    # Absolute base URL of the gateway itself; every issued URL is built from it (RH-94).
+    "BASE_URL": "http://localhost:8000",
+    # Path of the Service URL (registration endpoint) below BASE_URL.
+    "SERVICE_PATH": "/reversehttp",
+    # "path": public URLs are {PUBLIC_BASE_URL}/{label}/; "vhost": {scheme}://{label}.{VHOST_DOMAIN}/.
+    "PUBLIC_URL_MODE": "path",
+    # Base of path-mode public URLs; None means BASE_URL (RH-93: use a separate host in production).
+    "PUBLIC_BASE_URL": None,
+    # Domain (optionally with :port) under which vhost-mode labels live, e.g. "gw.example".
+    "VHOST_DOMAIN": None,
+    # "memory" (one process, no Redis) or "redis" (any number of processes sharing REDIS_URL).
+    "BROKER": "memory",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "REDIS_PREFIX": "rhgw",
+    # Long-poll hold time before a 204 (RH-20).
+    "POLL_TIMEOUT": 25.0,
+    # T1: 504 when no application polled or worked within this time (RH-64).
+    "NO_APP_TIMEOUT": 10.0,
+    # T2: 504 when the application took the request but did not answer in time (RH-65).
+    "REPLY_TIMEOUT": 60.0,
+    # Lease: default when omitted, and the clamp range (RH-06).
+    "DEFAULT_LEASE": 90,
+    "MIN_LEASE": 30,
+    "MAX_LEASE": 86400,
+    # Largest public request or application reply body, in bytes (RH-41, 413).
+    "MAX_BODY_SIZE": 10 * 1024 * 1024,
+    # Who may register: "open" (first come, first served), "token" (a valid AccessToken is
+    # required), "claims" (open, but labels covered by a LabelClaim need their owner's token).
+    "ENROLMENT": "open",
+    # The well-known token "-" (RH-92): "shared" (an ordinary secret, like the reference),
+    # "random" (treated as no token), "refuse" (400).
+    "HYPHEN_TOKEN": "shared",
+    # Labels nobody may register (RH-03).
+    "RESERVED_LABELS": ["reversehttp", "static", "admin", "api", "www", "gateway"],
+    # How often each process looks for dormant registrations whose lease ran out (RH-07).
+    "EXPIRY_INTERVAL": 5.0,
+    # Longest time rungateway waits for in-flight requests after SIGTERM.
+    "SHUTDOWN_TIMEOUT": 30.0,
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "PUBLIC_URL_MODE": ("path", "vhost"),
+    "BROKER": ("memory", "redis"),
+    "ENROLMENT": ("open", "token", "claims"),
+    "HYPHEN_TOKEN": ("shared", "random", "refuse"),
+}
+
+
+class GatewaySettings:
+    """Typed view of ``settings.REVERSEHTTP_GATEWAY`` that fills in defaults on every access."""
+
+    def _get(self, name: str) -> Any:
+        configured = getattr(settings, "REVERSEHTTP_GATEWAY", None) or {}
+        return configured.get(name, DEFAULTS[name])
+
+    @property
+    def configured_keys(self) -> set[str]:
+        return set(getattr(settings, "REVERSEHTTP_GATEWAY", None) or {})
+
+    @property
+    def BASE_URL(self) -> str:
+        return str(self._get("BASE_URL")).rstrip("/")
+
+    @property
+    def SERVICE_PATH(self) -> str:
+        return "/" + str(self._get("SERVICE_PATH")).strip("/")
+
+    @property
+    def SERVICE_URL(self) -> str:
+        return self.BASE_URL + self.SERVICE_PATH
+
+    @property
+    def PUBLIC_URL_MODE(self) -> str:
+        return str(self._get("PUBLIC_URL_MODE"))
+
+    @property
+    def PUBLIC_BASE_URL(self) -> str:
+        return str(self._get("PUBLIC_BASE_URL") or self.BASE_URL).rstrip("/")
+
+    @property
+    def VHOST_DOMAIN(self) -> str | None:
+        value = self._get("VHOST_DOMAIN")
+        return str(value).strip(".").lower() if value else None
+
+    @property
+    def VHOST_HOSTNAME(self) -> str | None:
+        """The vhost domain without its port, as matched against the Host header."""
+        domain = self.VHOST_DOMAIN
+        return urlsplit("//" + domain).hostname if domain else None
+
+    @property
+    def BROKER(self) -> str:
+        return str(self._get("BROKER"))
+
+    @property
+    def REDIS_URL(self) -> str:
+        return str(self._get("REDIS_URL"))
+
+    @property
+    def REDIS_PREFIX(self) -> str:
+        return str(self._get("REDIS_PREFIX"))
+
+    @property
+    def POLL_TIMEOUT(self) -> float:
+        return float(self._get("POLL_TIMEOUT"))
+
+    @property
+    def NO_APP_TIMEOUT(self) -> float:
+        return float(self._get("NO_APP_TIMEOUT"))
+
+    @property
+    def REPLY_TIMEOUT(self) -> float:
+        return float(self._get("REPLY_TIMEOUT"))
+
+    @property
+    def DEFAULT_LEASE(self) -> int:
+        return int(self._get("DEFAULT_LEASE"))
+
+    @property
+    def MIN_LEASE(self) -> int:
+        return int(self._get("MIN_LEASE"))
+
+    @property
+    def MAX_LEASE(self) -> int:
+        return int(self._get("MAX_LEASE"))
+
+    @property
+    def MAX_BODY_SIZE(self) -> int:
+        return int(self._get("MAX_BODY_SIZE"))
+
+    @property
+    def ENROLMENT(self) -> str:
+        return str(self._get("ENROLMENT"))
+
+    @property
+    def HYPHEN_TOKEN(self) -> str:
+        return str(self._get("HYPHEN_TOKEN"))
+
+    @property
+    def RESERVED_LABELS(self) -> frozenset[str]:
+        return frozenset(str(label).lower() for label in self._get("RESERVED_LABELS"))
+
+    @property
+    def EXPIRY_INTERVAL(self) -> float:
+        return float(self._get("EXPIRY_INTERVAL"))
+
+    @property
+    def SHUTDOWN_TIMEOUT(self) -> float:
+        return float(self._get("SHUTDOWN_TIMEOUT"))
+
+    def public_url(self, label: str) -> str:
+        """The public URL of ``label`` in the configured mode (RH-13)."""
+        if self.PUBLIC_URL_MODE == "vhost":
+            scheme = urlsplit(self.BASE_URL).scheme or "http"
+            return f"{scheme}://{label}.{self.VHOST_DOMAIN}/"
+        return f"{self.PUBLIC_BASE_URL}/{label}/"
+
+
+gateway_settings = GatewaySettings()

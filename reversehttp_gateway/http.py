@@ -1,0 +1,93 @@
+"""Small raw-ASGI HTTP helpers shared by the gateway's endpoints (no Django on this path)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from .queue.base import Reply
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class BodyTooLarge(Exception):
+    """The request body exceeds the configured limit (413)."""
+
+
+class ClientDisconnected(Exception):
+    """The client went away while its body was being read."""
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower-case), or None."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes."""
+    declared = header(scope, b"content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def watch_disconnect(receive: Receive) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    """An event set when the client disconnects; call only after the body was read."""
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+                return
+
+    return gone, asyncio.ensure_future(watch())
+
+
+async def respond(
+    send: Send,
+    status: int,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    body: bytes = b"",
+    *,
+    head: bool = False,
+) -> None:
+    """Send a complete response with a Content-Length."""
+    all_headers = [(n, v) for n, v in headers if n != b"content-length"]
+    if status >= 200 and status not in (204, 304):
+        all_headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def respond_error(
+    send: Send,
+    status: int,
+    message: str,
+    *,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    retry_after: int | None = None,
+) -> None:
+    """A gateway-generated plain-text error, ``"<code> <explanation>"`` (RH-66)."""
+    reply = Reply.error(status, message, retry_after=retry_after)
+    await respond(send, reply.status, [*reply.headers, *headers], reply.body)

@@ -1,0 +1,168 @@
+"""The broker interface and the values that travel through it."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import msgpack
+
+
+class RegistrationGone(Exception):
+    """The registration was deleted or expired while a poller waited (RH-24: 410)."""
+
+
+class BrokerUnavailable(Exception):
+    """The shared store (Redis) cannot be reached; callers answer 503."""
+
+
+@dataclass(slots=True)
+class PublicRequest:
+    """A third-party request, already encoded as the ``message/http`` envelope (RH-35)."""
+
+    envelope: bytes
+    requesting_client: str
+    method: str
+    deadline: float
+    request_id: str = ""
+    origin: str = ""
+    key: str = ""
+
+
+@dataclass(slots=True)
+class Reply:
+    """What the public client gets: the application's answer, or a gateway error."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    reason: bytes = b""
+
+    def pack(self) -> bytes:
+        return msgpack.packb(
+            [self.status, self.reason, [list(h) for h in self.headers], self.body],
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Reply:
+        status, reason, headers, body = msgpack.unpackb(data, raw=False)
+        return cls(status, [(bytes(n), bytes(v)) for n, v in headers], body, reason)
+
+    @classmethod
+    def error(cls, status: int, message: str, *, retry_after: int | None = None) -> Reply:
+        """A gateway-generated plain-text answer, ``"<code> <explanation>"`` (RH-66)."""
+        body = f"{status} {message}\n".encode()
+        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
+        return cls(status, headers, body)
+
+
+@dataclass(slots=True)
+class Taken:
+    """A request handed to one poller, not yet bound to its Request URL."""
+
+    key: str
+    request: PublicRequest
+
+
+@dataclass(slots=True)
+class Ticket:
+    """The public side's handle on a queued request."""
+
+    key: str
+    request_id: str
+    reply: asyncio.Future[Reply] = field(repr=False)
+
+
+@dataclass(slots=True)
+class Activity:
+    """Poller activity of one registration, for lease accounting (RH-07)."""
+
+    pollers_waiting: bool
+    last_seen: float | None
+
+
+def now() -> float:
+    return time.time()
+
+
+class Broker(abc.ABC):
+    """Queue of public requests per registration key, and routing of replies back.
+
+    Guarantees (docs/architecture.md): each request goes to exactly one poller; a request whose
+    poller left before handover goes to the next poller; a reply is accepted once.
+    """
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # Directory: which labels are live (a mirror of the database, kept off the hot path).
+    @abc.abstractmethod
+    async def activate(self, key: str, label: str) -> None: ...
+
+    @abc.abstractmethod
+    async def deactivate(self, key: str, label: str) -> None:
+        """Forget the registration: waiting pollers get RegistrationGone, queued requests 503."""
+
+    @abc.abstractmethod
+    async def lookup_label(self, label: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def active_keys(self) -> set[str]:
+        """Every key currently activated (for reconciling with the database)."""
+
+    @abc.abstractmethod
+    async def lookup_key(self, key: str) -> str | None: ...
+
+    # Public side.
+    @abc.abstractmethod
+    async def enqueue(self, key: str, request: PublicRequest) -> Ticket: ...
+
+    @abc.abstractmethod
+    async def app_available(self, key: str, grace: float) -> bool:
+        """A poller waits, a request is being worked on, or a poll ended within ``grace`` s."""
+
+    def forget(self, ticket: Ticket) -> None:
+        """Drop local bookkeeping for a finished ticket (idempotent)."""
+
+    @abc.abstractmethod
+    async def withdraw(self, ticket: Ticket) -> bool:
+        """Stop waiting for ``ticket``; True if it was still queued (never handed out)."""
+
+    # Poll side.
+    @abc.abstractmethod
+    async def take(self, key: str, timeout: float, disconnected: asyncio.Event) -> Taken | None:
+        """Wait up to ``timeout`` for the next request; None on timeout or disconnect."""
+
+    @abc.abstractmethod
+    async def bind(self, slot: str, taken: Taken, reply_timeout: float) -> None:
+        """Record that ``taken`` was delivered on Request URL ``slot``."""
+
+    @abc.abstractmethod
+    async def put_back(self, taken: Taken) -> None:
+        """Return a request whose poller left before handover to the head of its queue."""
+
+    @abc.abstractmethod
+    async def redeliver(self, slot: str) -> PublicRequest | None:
+        """The request delivered on ``slot`` and still unanswered, if any (RH-29)."""
+
+    @abc.abstractmethod
+    async def claim(self, slot: str) -> PublicRequest | None:
+        """Claim the request delivered on ``slot``, once; None if nothing is pending (RH-47)."""
+
+    @abc.abstractmethod
+    async def route_reply(self, request: PublicRequest, reply: Reply) -> None:
+        """Send ``reply`` to the process holding the public connection of ``request``."""
+
+    @abc.abstractmethod
+    async def activity(self, keys: list[str]) -> dict[str, Activity]: ...
+
+    async def housekeeping(self) -> None:
+        """Periodic clean-up (called by the lease keeper); nothing by default."""

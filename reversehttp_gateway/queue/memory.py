@@ -1,0 +1,193 @@
+"""The embedded broker: all state in this process, same semantics as the Redis broker."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import secrets
+
+from .base import (
+    Activity,
+    Broker,
+    PublicRequest,
+    RegistrationGone,
+    Reply,
+    Taken,
+    Ticket,
+    now,
+)
+
+QUEUE_GONE_MESSAGE = "The application's registration was deleted"
+
+
+class MemoryBroker(Broker):
+    """In-process queues: one deque of requests and one deque of waiting pollers per key."""
+
+    def __init__(self) -> None:
+        self._labels: dict[str, str] = {}
+        self._keys: dict[str, str] = {}
+        self._queues: dict[str, collections.deque[PublicRequest]] = collections.defaultdict(
+            collections.deque
+        )
+        self._waiters: dict[str, collections.deque[asyncio.Future[Taken]]] = (
+            collections.defaultdict(collections.deque)
+        )
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._live: dict[str, PublicRequest] = {}
+        self._slots: dict[str, str] = {}
+        self._inflight: dict[str, dict[str, float]] = collections.defaultdict(dict)
+        self._seen: dict[str, float] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.cancel()
+
+    async def activate(self, key: str, label: str) -> None:
+        self._labels[label] = key
+        self._keys[key] = label
+        self._seen[key] = now()
+
+    async def deactivate(self, key: str, label: str) -> None:
+        if self._labels.get(label) == key:
+            del self._labels[label]
+        self._keys.pop(key, None)
+        for waiter in self._waiters.pop(key, ()):
+            if not waiter.done():
+                waiter.set_exception(RegistrationGone())
+        for request in self._queues.pop(key, ()):
+            await self.route_reply(request, Reply.error(503, QUEUE_GONE_MESSAGE, retry_after=5))
+            self._live.pop(request.request_id, None)
+        self._seen.pop(key, None)
+
+    async def lookup_label(self, label: str) -> str | None:
+        return self._labels.get(label)
+
+    async def lookup_key(self, key: str) -> str | None:
+        return self._keys.get(key)
+
+    async def active_keys(self) -> set[str]:
+        return set(self._keys)
+
+    async def enqueue(self, key: str, request: PublicRequest) -> Ticket:
+        request.request_id = secrets.token_hex(16)
+        request.key = key
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request.request_id] = future
+        self._live[request.request_id] = request
+        if not self._hand_to_waiter(key, request):
+            self._queues[key].append(request)
+        return Ticket(key, request.request_id, future)
+
+    def _hand_to_waiter(self, key: str, request: PublicRequest) -> bool:
+        waiters = self._waiters.get(key)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(Taken(key, request))
+                return True
+        return False
+
+    async def app_available(self, key: str, grace: float) -> bool:
+        if any(not w.done() for w in self._waiters.get(key, ())):
+            return True
+        moment = now()
+        if any(deadline > moment for deadline in self._inflight.get(key, {}).values()):
+            return True
+        return moment - self._seen.get(key, 0.0) < grace
+
+    def forget(self, ticket: Ticket) -> None:
+        self._pending.pop(ticket.request_id, None)
+
+    async def withdraw(self, ticket: Ticket) -> bool:
+        request = self._live.pop(ticket.request_id, None)
+        queue = self._queues.get(ticket.key)
+        if request is not None and queue is not None and request in queue:
+            queue.remove(request)
+            return True
+        return False
+
+    async def take(self, key: str, timeout: float, disconnected: asyncio.Event) -> Taken | None:
+        self._seen[key] = now()
+        queue = self._queues.get(key)
+        while queue:
+            request = queue.popleft()
+            if self._is_live(request):
+                return Taken(key, request)
+        waiter: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
+        self._waiters[key].append(waiter)
+        gone = asyncio.ensure_future(disconnected.wait())
+        try:
+            await asyncio.wait({waiter, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            self._seen[key] = now()
+        if not waiter.done():
+            waiter.cancel()
+            return None
+        taken = waiter.result()  # raises RegistrationGone
+        if disconnected.is_set():
+            await self.put_back(taken)
+            return None
+        return taken
+
+    def _is_live(self, request: PublicRequest) -> bool:
+        return request.request_id in self._live and request.deadline > now()
+
+    async def bind(self, slot: str, taken: Taken, reply_timeout: float) -> None:
+        self._slots[slot] = taken.request.request_id
+        self._inflight[taken.key][taken.request.request_id] = taken.request.deadline
+        self._seen[taken.key] = now()
+
+    async def put_back(self, taken: Taken) -> None:
+        if not self._is_live(taken.request) or taken.key not in self._keys:
+            return
+        if not self._hand_to_waiter(taken.key, taken.request):
+            self._queues[taken.key].appendleft(taken.request)
+
+    async def redeliver(self, slot: str) -> PublicRequest | None:
+        request_id = self._slots.get(slot)
+        request = self._live.get(request_id) if request_id else None
+        return request if request is not None and self._is_live(request) else None
+
+    async def claim(self, slot: str) -> PublicRequest | None:
+        request_id = self._slots.pop(slot, None)
+        if request_id is None:
+            return None
+        request = self._live.pop(request_id, None)
+        for inflight in self._inflight.values():
+            inflight.pop(request_id, None)
+        return request
+
+    async def route_reply(self, request: PublicRequest, reply: Reply) -> None:
+        future = self._pending.get(request.request_id)
+        if future is not None and not future.done():
+            future.set_result(reply)
+
+    async def activity(self, keys: list[str]) -> dict[str, Activity]:
+        return {
+            key: Activity(
+                pollers_waiting=any(not w.done() for w in self._waiters.get(key, ())),
+                last_seen=self._seen.get(key),
+            )
+            for key in keys
+        }
+
+    async def housekeeping(self) -> None:
+        moment = now()
+        for request_id, request in list(self._live.items()):
+            if request.deadline < moment - 5:
+                del self._live[request_id]
+        for slot, request_id in list(self._slots.items()):
+            if request_id not in self._live:
+                del self._slots[slot]
+        for key, inflight in list(self._inflight.items()):
+            for request_id, deadline in list(inflight.items()):
+                if deadline < moment:
+                    del inflight[request_id]
+            if not inflight:
+                del self._inflight[key]

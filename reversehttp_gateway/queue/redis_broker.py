@@ -1,0 +1,424 @@
+"""The shared broker: per-label Redis lists through redis-py (docs/architecture.md).
+
+Layout, under ``<prefix>:``:
+
+- ``label:<label>`` -> key and ``reg:<key>`` -> label: the live directory;
+- ``q:<key>``: list of queued request ids (LPUSH, BLMOVE from the right: FIFO, RH-60);
+- ``req:<id>``: hash with the envelope, origin process and deadline; deleting it cancels;
+- ``taking:<proc>``: ids popped by this process and not yet handed over (put back on disconnect);
+- ``slot:<slot>``: the request delivered on a Request URL, until answered (RH-29, RH-47);
+- ``inflight:<key>`` and ``disp:<key>``: sorted sets of delivered requests and of processes with
+  waiting pollers, scored by expiry; ``seen:<key>``: last poller activity (RH-07, RH-64);
+- channels ``reply:<proc>`` (replies to the process holding the public socket) and ``events``.
+
+Blocking pops use server-side timeouts only and are never cancelled (notes P4, P9): one
+dispatcher task per (process, key) pops while local pollers wait and hands items to them FIFO.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import secrets
+import socket
+
+import msgpack
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .base import (
+    Activity,
+    Broker,
+    BrokerUnavailable,
+    PublicRequest,
+    RegistrationGone,
+    Reply,
+    Taken,
+    Ticket,
+    now,
+)
+from .memory import QUEUE_GONE_MESSAGE
+
+logger = logging.getLogger(__name__)
+
+BLOCK_SECONDS = 1.0
+HEARTBEAT_SECONDS = 1.0
+INLINE_REPLY_LIMIT = 256 * 1024
+RECORD_GRACE = 30
+
+
+class _Dispatcher:
+    """This process's pollers of one key, fed by a single blocking pop."""
+
+    __slots__ = ("waiters", "task", "last_heartbeat")
+
+    def __init__(self) -> None:
+        self.waiters: collections.deque[asyncio.Future[Taken]] = collections.deque()
+        self.task: asyncio.Task[None] | None = None
+        self.last_heartbeat = 0.0
+
+    def has_waiters(self) -> bool:
+        while self.waiters and self.waiters[0].done():
+            self.waiters.popleft()
+        return bool(self.waiters)
+
+
+class RedisBroker(Broker):
+    """Queues and reply routing in Redis, shared by every gateway process."""
+
+    def __init__(self, url: str, prefix: str = "rhgw", *, max_connections: int = 2000) -> None:
+        self._url = url
+        self._prefix = prefix
+        self._proc = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=None, socket_connect_timeout=2, max_connections=max_connections
+        )
+        self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._dispatchers: dict[str, _Dispatcher] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._closing = False
+
+    # Keys -------------------------------------------------------------------------------
+    def _k(self, *parts: str) -> str:
+        return ":".join((self._prefix, *parts))
+
+    @property
+    def process_id(self) -> str:
+        return self._proc
+
+    # Life cycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._listener is None:
+            self._listener = asyncio.ensure_future(self._listen())
+            try:
+                await asyncio.wait_for(self._subscribed.wait(), timeout=5)
+            except TimeoutError:
+                logger.warning("Redis at %s did not answer; will keep retrying", self._url)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+        for dispatcher in self._dispatchers.values():
+            for waiter in dispatcher.waiters:
+                if not waiter.done():
+                    waiter.cancel()
+        with contextlib.suppress(Exception):
+            await self._redis.aclose()
+
+    async def _listen(self) -> None:
+        """Receive replies for this process and registration events; reconnect forever."""
+        reply_channel = self._k("reply", self._proc)
+        events_channel = self._k("events")
+        while not self._closing:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(reply_channel, events_channel)
+                self._subscribed.set()
+                async for message in pubsub.listen():
+                    if message["type"] != "message":
+                        continue
+                    channel = message["channel"].decode()
+                    if channel == reply_channel:
+                        await self._on_reply(message["data"])
+                    else:
+                        self._on_event(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except RedisError as exc:
+                self._subscribed.clear()
+                logger.warning("Redis subscription lost (%s); reconnecting", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def _on_reply(self, data: bytes) -> None:
+        request_id, inline, packed = msgpack.unpackb(data, raw=False)
+        future = self._pending.get(request_id)
+        if future is None or future.done():
+            return
+        if not inline:
+            packed = await self._redis.getdel(self._k("resp", request_id))
+            if packed is None:
+                future.set_result(Reply.error(502, "The application's response was lost"))
+                return
+        future.set_result(Reply.unpack(packed))
+
+    def _on_event(self, data: bytes) -> None:
+        kind, key = data.decode().split(" ", 1)
+        if kind == "gone" and (dispatcher := self._dispatchers.get(key)) is not None:
+            for waiter in dispatcher.waiters:
+                if not waiter.done():
+                    waiter.set_exception(RegistrationGone())
+
+    # Directory --------------------------------------------------------------------------
+    async def activate(self, key: str, label: str) -> None:
+        async with self._guard():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._k("label", label), key)
+                pipe.set(self._k("reg", key), label)
+                pipe.sadd(self._k("regs"), key)
+                pipe.set(self._k("seen", key), repr(now()))
+                await pipe.execute()
+
+    async def deactivate(self, key: str, label: str) -> None:
+        async with self._guard():
+            queue = self._k("q", key)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.lrange(queue, 0, -1)
+                pipe.delete(queue, self._k("reg", key), self._k("seen", key))
+                pipe.srem(self._k("regs"), key)
+                queued, _, _ = await pipe.execute()
+            # The label may already belong to a newer registration: delete it only if it is ours.
+            await self._redis.eval(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end",
+                1,
+                self._k("label", label),
+                key,
+            )
+            await self._redis.publish(self._k("events"), f"gone {key}")
+            for request_id in queued:
+                request = await self._load(request_id.decode())
+                if request is not None:
+                    await self._redis.delete(self._k("req", request.request_id))
+                    await self.route_reply(
+                        request, Reply.error(503, QUEUE_GONE_MESSAGE, retry_after=5)
+                    )
+
+    async def lookup_label(self, label: str) -> str | None:
+        async with self._guard():
+            value = await self._redis.get(self._k("label", label))
+        return value.decode() if value else None
+
+    async def active_keys(self) -> set[str]:
+        async with self._guard():
+            return {member.decode() for member in await self._redis.smembers(self._k("regs"))}
+
+    async def lookup_key(self, key: str) -> str | None:
+        async with self._guard():
+            value = await self._redis.get(self._k("reg", key))
+        return value.decode() if value else None
+
+    # Public side ------------------------------------------------------------------------
+    async def enqueue(self, key: str, request: PublicRequest) -> Ticket:
+        request.request_id = secrets.token_hex(16)
+        request.origin = self._proc
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request.request_id] = future
+        record = self._k("req", request.request_id)
+        ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
+        try:
+            async with self._guard():
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.hset(
+                        record,
+                        mapping={
+                            "env": request.envelope,
+                            "client": request.requesting_client,
+                            "method": request.method,
+                            "deadline": repr(request.deadline),
+                            "origin": self._proc,
+                            "key": key,
+                        },
+                    )
+                    pipe.expire(record, ttl)
+                    pipe.lpush(self._k("q", key), request.request_id)
+                    await pipe.execute()
+        except BaseException:
+            self._pending.pop(request.request_id, None)
+            raise
+        return Ticket(key, request.request_id, future)
+
+    async def app_available(self, key: str, grace: float) -> bool:
+        moment = now()
+        async with self._guard():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zcount(self._k("disp", key), moment, "+inf")
+                pipe.zcount(self._k("inflight", key), moment, "+inf")
+                pipe.get(self._k("seen", key))
+                pollers, inflight, seen = await pipe.execute()
+        return bool(pollers or inflight or (seen and moment - float(seen) < grace))
+
+    def forget(self, ticket: Ticket) -> None:
+        self._pending.pop(ticket.request_id, None)
+
+    async def withdraw(self, ticket: Ticket) -> bool:
+        async with self._guard():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.lrem(self._k("q", ticket.key), 1, ticket.request_id)
+                pipe.delete(self._k("req", ticket.request_id))
+                removed, _ = await pipe.execute()
+        return bool(removed)
+
+    # Poll side --------------------------------------------------------------------------
+    async def take(self, key: str, timeout: float, disconnected: asyncio.Event) -> Taken | None:
+        dispatcher = self._dispatchers.get(key)
+        if dispatcher is None:
+            dispatcher = self._dispatchers[key] = _Dispatcher()
+        waiter: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
+        dispatcher.waiters.append(waiter)
+        if dispatcher.task is None or dispatcher.task.done():
+            dispatcher.task = asyncio.ensure_future(self._dispatch(key, dispatcher))
+        gone = asyncio.ensure_future(disconnected.wait())
+        try:
+            await asyncio.wait({waiter, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not waiter.done():
+            waiter.cancel()
+            with contextlib.suppress(RedisError):
+                await self._redis.set(self._k("seen", key), repr(now()))
+            return None
+        taken = waiter.result()  # raises RegistrationGone
+        if disconnected.is_set():
+            await self.put_back(taken)
+            return None
+        return taken
+
+    async def _dispatch(self, key: str, dispatcher: _Dispatcher) -> None:
+        """Pop ``q:<key>`` while local pollers wait; hand each live request to the oldest one."""
+        queue, taking = self._k("q", key), self._k("taking", self._proc)
+        try:
+            while dispatcher.has_waiters() and not self._closing:
+                try:
+                    await self._heartbeat(key, dispatcher)
+                    request_id = await self._redis.blmove(
+                        queue, taking, BLOCK_SECONDS, "RIGHT", "LEFT"
+                    )
+                    if request_id is None:
+                        continue
+                    request = await self._load(request_id.decode())
+                    if request is None:
+                        await self._redis.lrem(taking, 1, request_id)
+                        continue
+                    taken = Taken(key, request)
+                    while dispatcher.has_waiters():
+                        waiter = dispatcher.waiters.popleft()
+                        if not waiter.done():
+                            waiter.set_result(taken)
+                            break
+                    else:
+                        await self._requeue(key, request.request_id)
+                except RedisError as exc:
+                    logger.warning("Redis error while dispatching %s: %s", key, exc)
+                    await asyncio.sleep(0.5)
+        finally:
+            with contextlib.suppress(RedisError):
+                await self._redis.zrem(self._k("disp", key), self._proc)
+                await self._redis.set(self._k("seen", key), repr(now()))
+            if self._dispatchers.get(key) is dispatcher and not dispatcher.has_waiters():
+                del self._dispatchers[key]
+
+    async def _heartbeat(self, key: str, dispatcher: _Dispatcher) -> None:
+        moment = now()
+        if moment - dispatcher.last_heartbeat < HEARTBEAT_SECONDS:
+            return
+        dispatcher.last_heartbeat = moment
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._k("disp", key), {self._proc: moment + 3 * BLOCK_SECONDS})
+            pipe.expire(self._k("disp", key), 60)
+            pipe.set(self._k("seen", key), repr(moment))
+            await pipe.execute()
+
+    async def _load(self, request_id: str) -> PublicRequest | None:
+        data = await self._redis.hgetall(self._k("req", request_id))
+        if not data:
+            return None
+        deadline = float(data[b"deadline"])
+        if deadline <= now():
+            return None
+        return PublicRequest(
+            envelope=data[b"env"],
+            requesting_client=data[b"client"].decode(),
+            method=data[b"method"].decode(),
+            deadline=deadline,
+            request_id=request_id,
+            origin=data[b"origin"].decode(),
+            key=data[b"key"].decode(),
+        )
+
+    async def _requeue(self, key: str, request_id: str) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.lrem(self._k("taking", self._proc), 1, request_id)
+            pipe.rpush(self._k("q", key), request_id)
+            await pipe.execute()
+
+    async def bind(self, slot: str, taken: Taken, reply_timeout: float) -> None:
+        request = taken.request
+        ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
+        async with self._guard():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._k("slot", slot), request.request_id, ex=ttl)
+                pipe.zadd(self._k("inflight", taken.key), {request.request_id: request.deadline})
+                pipe.expire(self._k("inflight", taken.key), ttl)
+                pipe.lrem(self._k("taking", self._proc), 1, request.request_id)
+                pipe.set(self._k("seen", taken.key), repr(now()))
+                await pipe.execute()
+
+    async def put_back(self, taken: Taken) -> None:
+        async with self._guard():
+            await self._requeue(taken.key, taken.request.request_id)
+
+    async def redeliver(self, slot: str) -> PublicRequest | None:
+        async with self._guard():
+            request_id = await self._redis.get(self._k("slot", slot))
+            return await self._load(request_id.decode()) if request_id else None
+
+    async def claim(self, slot: str) -> PublicRequest | None:
+        async with self._guard():
+            request_id = await self._redis.getdel(self._k("slot", slot))
+            if request_id is None:
+                return None
+            request = await self._load(request_id.decode())
+            if request is None:
+                return None
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self._k("req", request.request_id))
+                pipe.zrem(self._k("inflight", request.key), request.request_id)
+                await pipe.execute()
+        return request
+
+    async def route_reply(self, request: PublicRequest, reply: Reply) -> None:
+        packed = reply.pack()
+        async with self._guard():
+            if len(packed) <= INLINE_REPLY_LIMIT:
+                message = msgpack.packb([request.request_id, True, packed], use_bin_type=True)
+            else:
+                await self._redis.set(self._k("resp", request.request_id), packed, ex=60)
+                message = msgpack.packb([request.request_id, False, b""], use_bin_type=True)
+            await self._redis.publish(self._k("reply", request.origin), message)
+
+    async def activity(self, keys: list[str]) -> dict[str, Activity]:
+        if not keys:
+            return {}
+        moment = now()
+        async with self._guard():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.zcount(self._k("disp", key), moment, "+inf")
+                    pipe.get(self._k("seen", key))
+                results = await pipe.execute()
+        return {
+            key: Activity(
+                pollers_waiting=bool(results[2 * i]),
+                last_seen=float(results[2 * i + 1]) if results[2 * i + 1] else None,
+            )
+            for i, key in enumerate(keys)
+        }
+
+    @contextlib.asynccontextmanager
+    async def _guard(self):  # type: ignore[no-untyped-def]
+        """Turn connection failures into BrokerUnavailable (answered with 503)."""
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise BrokerUnavailable(str(exc)) from exc

@@ -1,0 +1,64 @@
+"""The public side's waiting rules, the same for every broker and transport.
+
+T1 (``no_app_timeout``, RH-64) ends a request with 504 only when no application is polling or
+working; otherwise the request waits for T2 (``reply_timeout``, RH-65), which also covers a busy
+application's backlog. A public client that leaves withdraws its request (notes P10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from .base import Broker, PublicRequest, Reply
+
+NO_APP_MESSAGE = "No application server was available for this address"
+NO_REPLY_MESSAGE = "Timeout waiting for the response from the application"
+
+
+async def _wait(future: asyncio.Future[Reply], timeout: float, gone: asyncio.Event) -> Reply | None:
+    """The reply, or None when ``timeout`` passed or ``gone`` was set first."""
+    if future.done():
+        return future.result()
+    gone_waiter = asyncio.ensure_future(gone.wait())
+    try:
+        await asyncio.wait(
+            {future, gone_waiter}, timeout=max(timeout, 0), return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        gone_waiter.cancel()
+    return future.result() if future.done() else None
+
+
+async def relay(
+    broker: Broker,
+    key: str,
+    request: PublicRequest,
+    *,
+    no_app_timeout: float,
+    reply_timeout: float,
+    client_gone: asyncio.Event,
+) -> Reply | None:
+    """Queue ``request`` and wait for its reply; None only when the public client left."""
+    ticket = await broker.enqueue(key, request)
+    try:
+        first_wait = min(no_app_timeout, reply_timeout)
+        reply = await _wait(ticket.reply, first_wait, client_gone)
+        if reply is None and not client_gone.is_set() and reply_timeout > first_wait:
+            available = await broker.app_available(key, grace=no_app_timeout)
+            if not available and await broker.withdraw(ticket):
+                if ticket.reply.done():
+                    return ticket.reply.result()
+                return Reply.error(504, NO_APP_MESSAGE)
+            reply = await _wait(ticket.reply, reply_timeout - first_wait, client_gone)
+        if reply is not None:
+            return reply
+        never_delivered = await broker.withdraw(ticket)
+        if ticket.reply.done():  # the reply raced the timeout and won
+            return ticket.reply.result()
+        if client_gone.is_set():
+            return None
+        if never_delivered and not await broker.app_available(key, grace=no_app_timeout):
+            return Reply.error(504, NO_APP_MESSAGE)
+        return Reply.error(504, NO_REPLY_MESSAGE)
+    finally:
+        broker.forget(ticket)

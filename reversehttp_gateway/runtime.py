@@ -1,0 +1,102 @@
+"""This process's gateway runtime: the broker instance and the lease keeper task."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from .conf import gateway_settings
+from .queue.base import Broker
+
+logger = logging.getLogger(__name__)
+
+
+def build_broker() -> Broker:
+    """The broker named by the ``BROKER`` setting."""
+    if gateway_settings.BROKER == "redis":
+        from .queue.redis_broker import RedisBroker
+
+        return RedisBroker(gateway_settings.REDIS_URL, gateway_settings.REDIS_PREFIX)
+    from .queue.memory import MemoryBroker
+
+    return MemoryBroker()
+
+
+class Runtime:
+    """Starts the broker and background tasks once, on the serving event loop."""
+
+    def __init__(self) -> None:
+        self._broker: Broker | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.draining = False
+        self.in_flight = 0
+
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            raise RuntimeError("The gateway runtime is not started")
+        return self._broker
+
+    async def ensure_started(self) -> Broker:
+        loop = asyncio.get_running_loop()
+        if self._broker is not None and self._loop is loop:
+            return self._broker
+        if self._lock is None or self._loop is not loop:
+            self._lock, self._loop, self._broker = asyncio.Lock(), loop, None
+        async with self._lock:
+            if self._broker is None:
+                broker = build_broker()
+                await broker.start()
+                self._broker = broker
+                from .leases import keep_leases
+
+                self.spawn(keep_leases(broker))
+        return self._broker
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a background task, holding a strong reference to it (notes P20)."""
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._broker is not None:
+            await self._broker.close()
+        self._broker = None
+
+    def run_from_thread(
+        self, make: Callable[[Broker], Coroutine[Any, Any, Any]], timeout: float = 10
+    ) -> bool:
+        """Run ``make(broker)`` on the serving loop from a sync thread (admin actions).
+
+        Returns False when this process serves no gateway loop; the lease keeper of the serving
+        process then reconciles within ``EXPIRY_INTERVAL``.
+        """
+        loop, broker = self._loop, self._broker
+        if loop is None or broker is None or not loop.is_running():
+            return False
+        with contextlib.suppress(RuntimeError):
+            if asyncio.get_running_loop() is loop:
+                return False
+        future = asyncio.run_coroutine_threadsafe(make(broker), loop)
+        try:
+            future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            logger.warning("Broker update from a thread timed out")
+            return False
+        return True
+
+
+runtime = Runtime()

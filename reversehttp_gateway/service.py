@@ -1,0 +1,219 @@
+"""The Service URL and private URLs: register, inspect, reconfigure, delete (RH-01..RH-16, RH-80..RH-83).
+
+Raw ASGI: requests under ``SERVICE_PATH`` are routed here; polls and replies go on to the
+long-poll transport. The ORM is used only for registration changes, never for polls or replies.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from urllib.parse import parse_qsl, urlencode
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections
+
+from . import registry
+from .addresses import RegistrationAddress
+from .conf import gateway_settings
+from .http import (
+    BodyTooLarge,
+    ClientDisconnected,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    respond,
+    respond_error,
+)
+from .models import Registration
+from .queue.base import Broker
+from .transports import longpoll
+
+FORM_LIMIT = 64 * 1024
+
+
+def _form(scope: Scope, body: bytes) -> dict[str, str]:
+    """Query parameters merged with the body parsed as a form, whatever its type (RH-02).
+
+    Body parameters win over query parameters; of repeated parameters the first one counts.
+    """
+    params: dict[str, str] = {}
+    for source in (body, scope.get("query_string", b"")):
+        text = source.decode("utf-8", "replace")
+        for name, value in parse_qsl(text, keep_blank_values=True):
+            params.setdefault(name, value)
+    return params
+
+
+def _client_ip(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def _db(function, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+    """Run ORM code off the event loop, with fresh connections (notes P18)."""
+
+    def call():  # type: ignore[no-untyped-def]
+        close_old_connections()
+        return function(*args, **kwargs)
+
+    return sync_to_async(call)()
+
+
+async def handle(scope: Scope, receive: Receive, send: Send, broker: Broker, rest: str) -> None:
+    """Dispatch a request whose path is ``SERVICE_PATH`` + ``rest``."""
+    parts = [p for p in rest.split("/") if p]
+    method = scope["method"]
+    if not parts:
+        if method == "POST":
+            await register(scope, receive, send, broker)
+        else:
+            await respond_error(send, 405, "Method not allowed", headers=[(b"allow", b"POST")])
+        return
+    if parts[0] != "r" or len(parts) not in (3, 4):
+        await respond_error(send, 404, "Not found")
+        return
+    label, secret = parts[1].lower(), parts[2]
+    if len(parts) == 4 and method == "POST":
+        await longpoll.reply(scope, receive, send, broker, parts[3])
+        return
+    address = await _resolve(broker, label, secret)
+    if address is None:
+        await respond_error(send, 404, "No such registration")
+        return
+    if len(parts) == 4:
+        if method in ("GET", "HEAD"):
+            await longpoll.poll(scope, receive, send, broker, address, parts[3])
+        else:
+            await respond_error(send, 405, "Method not allowed", headers=[(b"allow", b"GET, POST")])
+        return
+    await private(scope, receive, send, broker, address)
+
+
+async def _resolve(broker: Broker, label: str, secret: str) -> RegistrationAddress | None:
+    """The live registration behind a private URL; revives an expired one (RH-23)."""
+    key = await broker.lookup_label(label)
+    if key is not None:
+        address = RegistrationAddress.from_key(key)
+        if address.secret == secret:
+            return address
+    registration = await _db(registry.revive, label, secret)
+    if registration is None:
+        return None
+    address = RegistrationAddress(registration.label, registration.nonce)
+    await broker.activate(address.key, address.label)
+    return address
+
+
+async def register(scope: Scope, receive: Receive, send: Send, broker: Broker) -> None:
+    """POST to the Service URL: 201 created, 204 refreshed, 400/401/403 refused (RH-01..RH-11)."""
+    try:
+        body = await read_body(scope, receive, FORM_LIMIT)
+    except BodyTooLarge:
+        await respond_error(send, 413, "Registration form too large")
+        return
+    except ClientDisconnected:
+        return
+    form = _form(scope, body)
+    authorization = header(scope, b"authorization")
+    try:
+        enrolled = await _db(
+            registry.register,
+            name=form.get("name"),
+            token=form.get("token"),
+            lease=form.get("lease"),
+            authorization=authorization.decode("latin-1") if authorization else None,
+            client_ip=_client_ip(scope),
+        )
+    except registry.RegistrationError as exc:
+        await respond_error(send, exc.status, exc.message)
+        return
+    registration = enrolled.registration
+    address = RegistrationAddress(registration.label, registration.nonce)
+    await broker.activate(address.key, address.label)
+    await respond(send, 201 if enrolled.created else 204, address.registration_headers())
+
+
+def _wants(scope: Scope) -> str:
+    accept = (header(scope, b"accept") or b"").decode("latin-1").lower()
+    if "application/json" in accept:
+        return "json"
+    if "text/html" in accept:
+        return "html"
+    return "form"
+
+
+async def private(
+    scope: Scope, receive: Receive, send: Send, broker: Broker, address: RegistrationAddress
+) -> None:
+    """GET, PUT or DELETE on a private URL (RH-81..RH-83)."""
+    method = scope["method"]
+    if method == "DELETE":
+        deleted = await _db(_delete_row, address)
+        await broker.deactivate(address.key, address.label)
+        if deleted:
+            await respond(send, 204)
+        else:
+            await respond_error(send, 404, "No such registration")
+        return
+    registration = await _db(registry.find, address.label, address.secret)
+    if registration is None:
+        await respond_error(send, 404, "No such registration")
+        return
+    if method == "PUT":
+        try:
+            body = await read_body(scope, receive, FORM_LIMIT)
+        except BodyTooLarge:
+            await respond_error(send, 413, "Form too large")
+            return
+        except ClientDisconnected:
+            return
+        form = _form(scope, body)
+        try:
+            await _db(registry.reconfigure, registration, token=form.get("token"),
+                      lease=form.get("lease"))
+        except registry.RegistrationError as exc:
+            await respond_error(send, exc.status, exc.message)
+            return
+        await broker.activate(address.key, address.label)
+        await respond(send, 204, address.registration_headers())
+        return
+    if method not in ("GET", "HEAD"):
+        await respond_error(send, 405, "Method not allowed",
+                            headers=[(b"allow", b"GET, HEAD, PUT, DELETE")])
+        return
+    activity = (await broker.activity([address.key]))[address.key]
+    state = {
+        "name": registration.label,
+        "lease": registration.lease_seconds,
+        "status": registration.status,
+        "public_url": address.public_url,
+        "pollers_waiting": activity.pollers_waiting,
+        "expires_at": registration.expires_at.isoformat() if registration.expires_at else "",
+    }
+    head = method == "HEAD"
+    kind = _wants(scope)
+    if kind == "json":
+        body = json.dumps(state).encode()
+        await respond(send, 200, [(b"content-type", b"application/json")], body, head=head)
+    elif kind == "html":
+        rows = "".join(
+            f"<tr><th>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>" for k, v in state.items()
+        )
+        page = (
+            f"<!doctype html><title>{escape(registration.label)}</title>"
+            f"<h1>Registration {escape(registration.label)}</h1><table>{rows}</table>"
+        )
+        await respond(send, 200, [(b"content-type", b"text/html; charset=utf-8")], page.encode(),
+                      head=head)
+    else:
+        body = urlencode({k: str(v).lower() if isinstance(v, bool) else v for k, v in state.items()})
+        await respond(send, 200, [(b"content-type", b"application/x-www-form-urlencoded")],
+                      body.encode(), head=head)
+
+
+def _delete_row(address: RegistrationAddress) -> bool:
+    deleted, _ = Registration.objects.filter(label=address.label, nonce=address.nonce).delete()
+    return bool(deleted)

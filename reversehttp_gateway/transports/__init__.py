@@ -1,0 +1,1 @@
+"""Transports: each turns the shared queue into one wire protocol for applications."""

@@ -1,0 +1,14 @@
+"""Django URLs of the gateway: the staff status page on the Service URL (RH-80) and a home page."""
+
+from django.urls import path
+
+from . import views
+from .conf import gateway_settings
+
+app_name = "reversehttp_gateway"
+
+urlpatterns = [
+    path(gateway_settings.SERVICE_PATH.lstrip("/"), views.gateway_status, name="status"),
+    path(gateway_settings.SERVICE_PATH.lstrip("/") + "/", views.gateway_status),
+    path("", views.home, name="home"),
+]
