@@ -16,64 +16,83 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     errors: list[CheckMessage] = []
     unknown = sorted(gateway_settings.configured_keys - set(DEFAULTS))
     if unknown:
-        errors.append(Error(
-            f"Unknown REVERSEHTTP_GATEWAY setting(s): {', '.join(unknown)}.",
-            hint=f"Known settings: {', '.join(sorted(DEFAULTS))}.",
-            id="reversehttp_gateway.E001",
-        ))
+        errors.append(
+            Error(
+                f"Unknown REVERSEHTTP_GATEWAY setting(s): {', '.join(unknown)}.",
+                hint=f"Known settings: {', '.join(sorted(DEFAULTS))}.",
+                id="reversehttp_gateway.E001",
+            )
+        )
     for name, allowed in CHOICES.items():
         value = gateway_settings._get(name)
         if value not in allowed:
-            errors.append(Error(
-                f"REVERSEHTTP_GATEWAY['{name}'] is {value!r}.",
-                hint=f"Use one of: {', '.join(allowed)}.",
-                id="reversehttp_gateway.E002",
-            ))
+            errors.append(
+                Error(
+                    f"REVERSEHTTP_GATEWAY['{name}'] is {value!r}.",
+                    hint=f"Use one of: {', '.join(allowed)}.",
+                    id="reversehttp_gateway.E002",
+                )
+            )
     base = urlsplit(gateway_settings.BASE_URL)
     if base.scheme not in ("http", "https") or not base.netloc or base.query or base.fragment:
-        errors.append(Error(
-            f"REVERSEHTTP_GATEWAY['BASE_URL'] is {gateway_settings.BASE_URL!r}.",
-            hint="Give an absolute http(s) URL without query, e.g. 'https://gw.example'.",
-            id="reversehttp_gateway.E003",
-        ))
+        errors.append(
+            Error(
+                f"REVERSEHTTP_GATEWAY['BASE_URL'] is {gateway_settings.BASE_URL!r}.",
+                hint="Give an absolute http(s) URL without query, e.g. 'https://gw.example'.",
+                id="reversehttp_gateway.E003",
+            )
+        )
     if gateway_settings.PUBLIC_URL_MODE == "vhost" and not gateway_settings.VHOST_DOMAIN:
-        errors.append(Error(
-            "PUBLIC_URL_MODE is 'vhost' but VHOST_DOMAIN is not set.",
-            hint="Set REVERSEHTTP_GATEWAY['VHOST_DOMAIN'] to the wildcard domain, e.g. 'gw.example'.",
-            id="reversehttp_gateway.E004",
-        ))
+        errors.append(
+            Error(
+                "PUBLIC_URL_MODE is 'vhost' but VHOST_DOMAIN is not set.",
+                hint="Set REVERSEHTTP_GATEWAY['VHOST_DOMAIN'] to the wildcard domain, "
+                "e.g. 'gw.example'.",
+                id="reversehttp_gateway.E004",
+            )
+        )
     try:
         timeouts_ok = (
-            0 < gateway_settings.POLL_TIMEOUT
+            gateway_settings.POLL_TIMEOUT > 0
             and 0 < gateway_settings.NO_APP_TIMEOUT <= gateway_settings.REPLY_TIMEOUT
-            and 0 < gateway_settings.MIN_LEASE <= gateway_settings.DEFAULT_LEASE
+            and 0
+            < gateway_settings.MIN_LEASE
+            <= gateway_settings.DEFAULT_LEASE
             <= gateway_settings.MAX_LEASE
             and gateway_settings.MAX_BODY_SIZE > 0
         )
     except (TypeError, ValueError):
         timeouts_ok = False
     if not timeouts_ok:
-        errors.append(Error(
-            "Inconsistent timeouts, leases or body size in REVERSEHTTP_GATEWAY.",
-            hint="Need POLL_TIMEOUT > 0, 0 < NO_APP_TIMEOUT <= REPLY_TIMEOUT, "
-            "0 < MIN_LEASE <= DEFAULT_LEASE <= MAX_LEASE and MAX_BODY_SIZE > 0.",
-            id="reversehttp_gateway.E005",
-        ))
+        errors.append(
+            Error(
+                "Inconsistent timeouts, leases or body size in REVERSEHTTP_GATEWAY.",
+                hint="Need POLL_TIMEOUT > 0, 0 < NO_APP_TIMEOUT <= REPLY_TIMEOUT, "
+                "0 < MIN_LEASE <= DEFAULT_LEASE <= MAX_LEASE and MAX_BODY_SIZE > 0.",
+                id="reversehttp_gateway.E005",
+            )
+        )
     if gateway_settings.BROKER == "redis" and urlsplit(gateway_settings.REDIS_URL).scheme not in (
-        "redis", "rediss", "unix"
+        "redis",
+        "rediss",
+        "unix",
     ):
-        errors.append(Error(
-            f"REVERSEHTTP_GATEWAY['REDIS_URL'] is {gateway_settings.REDIS_URL!r}.",
-            hint="Use a redis://, rediss:// or unix:// URL.",
-            id="reversehttp_gateway.E006",
-        ))
+        errors.append(
+            Error(
+                f"REVERSEHTTP_GATEWAY['REDIS_URL'] is {gateway_settings.REDIS_URL!r}.",
+                hint="Use a redis://, rediss:// or unix:// URL.",
+                id="reversehttp_gateway.E006",
+            )
+        )
     if gateway_settings.PUBLIC_URL_MODE == "path" and (
         gateway_settings.PUBLIC_BASE_URL == gateway_settings.BASE_URL
     ):
-        errors.append(Warning(
-            "Path-mode public URLs share the gateway's own origin (RH-93).",
-            hint="For untrusted applications set PUBLIC_BASE_URL to a separate host, or use vhost "
-            "mode; see docs/security.md.",
-            id="reversehttp_gateway.W001",
-        ))
+        errors.append(
+            Warning(
+                "Path-mode public URLs share the gateway's own origin (RH-93).",
+                hint="For untrusted applications set PUBLIC_BASE_URL to a separate host, "
+                "or use vhost mode; see docs/security.md.",
+                id="reversehttp_gateway.W001",
+            )
+        )
     return errors

@@ -1,4 +1,4 @@
-"""Capabilities and tokens: generated with ``secrets``, stored as digests, compared in constant time."""
+"""Tokens: generated with ``secrets``, stored as digests, compared in constant time."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import secrets
 
-# 24 random bytes = 192 bits; token_urlsafe only uses [A-Za-z0-9_-], safe inside Link headers (RH-90).
+# 24 random bytes = 192 bits; token_urlsafe uses only [A-Za-z0-9_-], safe in Link headers (RH-90).
 CAPABILITY_BYTES = 24
 
 
@@ -17,7 +17,9 @@ def new_capability() -> str:
 
 def digest(secret: str) -> str:
     """The stored form of a secret: a SHA-256 hex digest (the secret itself is never stored)."""
-    return hashlib.sha256(b"reversehttp-gateway:" + secret.encode("utf-8", "surrogateescape")).hexdigest()
+    return hashlib.sha256(
+        b"reversehttp-gateway:" + secret.encode("utf-8", "surrogateescape")
+    ).hexdigest()
 
 
 def matches(secret: str, stored_digest: str) -> bool:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
@@ -19,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 def _from_ts(value: float) -> datetime:
-    return datetime.fromtimestamp(value, tz=dt_timezone.utc)
+    return datetime.fromtimestamp(value, tz=UTC)
 
 
 def _active_registrations() -> list[Registration]:
@@ -64,7 +63,11 @@ async def sweep(broker: Broker) -> list[str]:
                 dormant_since = registration.dormant_since
             expires_at = dormant_since + timedelta(seconds=registration.lease_seconds)
         fields = (last_poll or registration.last_poll_at, dormant_since, expires_at)
-        if fields != (registration.last_poll_at, registration.dormant_since, registration.expires_at):
+        if fields != (
+            registration.last_poll_at,
+            registration.dormant_since,
+            registration.expires_at,
+        ):
             registration.last_poll_at, registration.dormant_since, registration.expires_at = fields
             changed.append(registration)
         if expires_at is not None and expires_at <= now:

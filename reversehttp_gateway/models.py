@@ -121,7 +121,8 @@ class Registration(models.Model):
         max_length=32,
         unique=True,
         editable=False,
-        help_text="Random per registration; the private URL's secret is an HMAC of it, never stored.",
+        help_text="Random per registration; the private URL's secret is an HMAC of it "
+        "(never stored).",
     )
     token_digest = models.CharField(max_length=64, editable=False)
     lease_seconds = models.PositiveIntegerField()

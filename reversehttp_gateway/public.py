@@ -63,8 +63,13 @@ async def _relay(scope: Scope, receive: Receive, send: Send, broker: Broker, lab
     from .runtime import runtime
 
     if runtime.draining:
-        await respond_error(send, 503, "The gateway is restarting", retry_after=2,
-                            headers=[(b"connection", b"close")])
+        await respond_error(
+            send,
+            503,
+            "The gateway is restarting",
+            retry_after=2,
+            headers=[(b"connection", b"close")],
+        )
         return 503
     key = await broker.lookup_label(label)
     if key is None:
@@ -81,7 +86,9 @@ async def _relay(scope: Scope, receive: Receive, send: Send, broker: Broker, lab
     try:
         body = await read_body(scope, receive, gateway_settings.MAX_BODY_SIZE)
     except BodyTooLarge:
-        await respond_error(send, 413, "Request body too large", headers=[(b"connection", b"close")])
+        await respond_error(
+            send, 413, "Request body too large", headers=[(b"connection", b"close")]
+        )
         return 413
     except ClientDisconnected:
         return 499

@@ -57,7 +57,10 @@ class GatewayServer:
         await runtime.ensure_started()
         logger.info(
             "Gateway listening on %s:%s, service URL %s, %s broker",
-            self.host, self.port, gateway_settings.SERVICE_URL, gateway_settings.BROKER,
+            self.host,
+            self.port,
+            gateway_settings.SERVICE_URL,
+            gateway_settings.BROKER,
         )
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -68,8 +71,9 @@ class GatewayServer:
             logger.info("Second signal: stopping now")
             self.reactor.stop()
             return
-        logger.info("Shutting down: refusing new public requests, finishing %d in flight",
-                    runtime.in_flight)
+        logger.info(
+            "Shutting down: refusing new public requests, finishing %d in flight", runtime.in_flight
+        )
         runtime.draining = True
         self._shutdown_started = time.monotonic()
         asyncio.ensure_future(self._drain())

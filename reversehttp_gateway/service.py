@@ -1,4 +1,6 @@
-"""The Service URL and private URLs: register, inspect, reconfigure, delete (RH-01..RH-16, RH-80..RH-83).
+"""The Service URL and private URLs: register, inspect, reconfigure, delete.
+
+RH-01..RH-16 and RH-81..RH-83.
 
 Raw ASGI: requests under ``SERVICE_PATH`` are routed here; polls and replies go on to the
 long-poll transport. The ORM is used only for registration changes, never for polls or replies.
@@ -15,7 +17,6 @@ from django.db import close_old_connections
 
 from . import registry
 from .addresses import RegistrationAddress
-from .conf import gateway_settings
 from .http import (
     BodyTooLarge,
     ClientDisconnected,
@@ -172,8 +173,9 @@ async def private(
             return
         form = _form(scope, body)
         try:
-            await _db(registry.reconfigure, registration, token=form.get("token"),
-                      lease=form.get("lease"))
+            await _db(
+                registry.reconfigure, registration, token=form.get("token"), lease=form.get("lease")
+            )
         except registry.RegistrationError as exc:
             await respond_error(send, exc.status, exc.message)
             return
@@ -181,8 +183,9 @@ async def private(
         await respond(send, 204, address.registration_headers())
         return
     if method not in ("GET", "HEAD"):
-        await respond_error(send, 405, "Method not allowed",
-                            headers=[(b"allow", b"GET, HEAD, PUT, DELETE")])
+        await respond_error(
+            send, 405, "Method not allowed", headers=[(b"allow", b"GET, HEAD, PUT, DELETE")]
+        )
         return
     activity = (await broker.activity([address.key]))[address.key]
     state = {
@@ -206,12 +209,20 @@ async def private(
             f"<!doctype html><title>{escape(registration.label)}</title>"
             f"<h1>Registration {escape(registration.label)}</h1><table>{rows}</table>"
         )
-        await respond(send, 200, [(b"content-type", b"text/html; charset=utf-8")], page.encode(),
-                      head=head)
+        await respond(
+            send, 200, [(b"content-type", b"text/html; charset=utf-8")], page.encode(), head=head
+        )
     else:
-        body = urlencode({k: str(v).lower() if isinstance(v, bool) else v for k, v in state.items()})
-        await respond(send, 200, [(b"content-type", b"application/x-www-form-urlencoded")],
-                      body.encode(), head=head)
+        body = urlencode(
+            {k: str(v).lower() if isinstance(v, bool) else v for k, v in state.items()}
+        )
+        await respond(
+            send,
+            200,
+            [(b"content-type", b"application/x-www-form-urlencoded")],
+            body.encode(),
+            head=head,
+        )
 
 
 def _delete_row(address: RegistrationAddress) -> bool:

@@ -129,6 +129,7 @@ class Broker(abc.ABC):
     async def app_available(self, key: str, grace: float) -> bool:
         """A poller waits, a request is being worked on, or a poll ended within ``grace`` s."""
 
+    @abc.abstractmethod
     def forget(self, ticket: Ticket) -> None:
         """Drop local bookkeeping for a finished ticket (idempotent)."""
 
@@ -142,8 +143,12 @@ class Broker(abc.ABC):
         """Wait up to ``timeout`` for the next request; None on timeout or disconnect."""
 
     @abc.abstractmethod
-    async def bind(self, slot: str, taken: Taken, reply_timeout: float) -> None:
-        """Record that ``taken`` was delivered on Request URL ``slot``."""
+    async def bind(self, slot: str, taken: Taken, reply_timeout: float) -> bool:
+        """Record that ``taken`` is delivered on Request URL ``slot``.
+
+        False when another request is already pending on ``slot`` (two pollers sharing one
+        Request URL); the caller then puts ``taken`` back.
+        """
 
     @abc.abstractmethod
     async def put_back(self, taken: Taken) -> None:
@@ -164,5 +169,5 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def activity(self, keys: list[str]) -> dict[str, Activity]: ...
 
-    async def housekeeping(self) -> None:
+    async def housekeeping(self) -> None:  # noqa: B027 (optional hook)
         """Periodic clean-up (called by the lease keeper); nothing by default."""

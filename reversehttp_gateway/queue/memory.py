@@ -138,10 +138,14 @@ class MemoryBroker(Broker):
     def _is_live(self, request: PublicRequest) -> bool:
         return request.request_id in self._live and request.deadline > now()
 
-    async def bind(self, slot: str, taken: Taken, reply_timeout: float) -> None:
+    async def bind(self, slot: str, taken: Taken, reply_timeout: float) -> bool:
+        current = self._slots.get(slot)
+        if current is not None and current in self._live:
+            return False
         self._slots[slot] = taken.request.request_id
         self._inflight[taken.key][taken.request.request_id] = taken.request.deadline
         self._seen[taken.key] = now()
+        return True
 
     async def put_back(self, taken: Taken) -> None:
         if not self._is_live(taken.request) or taken.key not in self._keys:

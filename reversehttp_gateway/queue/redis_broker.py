@@ -162,13 +162,12 @@ class RedisBroker(Broker):
 
     # Directory --------------------------------------------------------------------------
     async def activate(self, key: str, label: str) -> None:
-        async with self._guard():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(self._k("label", label), key)
-                pipe.set(self._k("reg", key), label)
-                pipe.sadd(self._k("regs"), key)
-                pipe.set(self._k("seen", key), repr(now()))
-                await pipe.execute()
+        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._k("label", label), key)
+            pipe.set(self._k("reg", key), label)
+            pipe.sadd(self._k("regs"), key)
+            pipe.set(self._k("seen", key), repr(now()))
+            await pipe.execute()
 
     async def deactivate(self, key: str, label: str) -> None:
         async with self._guard():
@@ -217,22 +216,21 @@ class RedisBroker(Broker):
         record = self._k("req", request.request_id)
         ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
         try:
-            async with self._guard():
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.hset(
-                        record,
-                        mapping={
-                            "env": request.envelope,
-                            "client": request.requesting_client,
-                            "method": request.method,
-                            "deadline": repr(request.deadline),
-                            "origin": self._proc,
-                            "key": key,
-                        },
-                    )
-                    pipe.expire(record, ttl)
-                    pipe.lpush(self._k("q", key), request.request_id)
-                    await pipe.execute()
+            async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(
+                    record,
+                    mapping={
+                        "env": request.envelope,
+                        "client": request.requesting_client,
+                        "method": request.method,
+                        "deadline": repr(request.deadline),
+                        "origin": self._proc,
+                        "key": key,
+                    },
+                )
+                pipe.expire(record, ttl)
+                pipe.lpush(self._k("q", key), request.request_id)
+                await pipe.execute()
         except BaseException:
             self._pending.pop(request.request_id, None)
             raise
@@ -240,23 +238,21 @@ class RedisBroker(Broker):
 
     async def app_available(self, key: str, grace: float) -> bool:
         moment = now()
-        async with self._guard():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zcount(self._k("disp", key), moment, "+inf")
-                pipe.zcount(self._k("inflight", key), moment, "+inf")
-                pipe.get(self._k("seen", key))
-                pollers, inflight, seen = await pipe.execute()
+        async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
+            pipe.zcount(self._k("disp", key), moment, "+inf")
+            pipe.zcount(self._k("inflight", key), moment, "+inf")
+            pipe.get(self._k("seen", key))
+            pollers, inflight, seen = await pipe.execute()
         return bool(pollers or inflight or (seen and moment - float(seen) < grace))
 
     def forget(self, ticket: Ticket) -> None:
         self._pending.pop(ticket.request_id, None)
 
     async def withdraw(self, ticket: Ticket) -> bool:
-        async with self._guard():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.lrem(self._k("q", ticket.key), 1, ticket.request_id)
-                pipe.delete(self._k("req", ticket.request_id))
-                removed, _ = await pipe.execute()
+        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.lrem(self._k("q", ticket.key), 1, ticket.request_id)
+            pipe.delete(self._k("req", ticket.request_id))
+            removed, _ = await pipe.execute()
         return bool(removed)
 
     # Poll side --------------------------------------------------------------------------
@@ -352,17 +348,21 @@ class RedisBroker(Broker):
             pipe.rpush(self._k("q", key), request_id)
             await pipe.execute()
 
-    async def bind(self, slot: str, taken: Taken, reply_timeout: float) -> None:
+    async def bind(self, slot: str, taken: Taken, reply_timeout: float) -> bool:
         request = taken.request
         ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
         async with self._guard():
+            if not await self._redis.set(
+                self._k("slot", slot), request.request_id, ex=ttl, nx=True
+            ):
+                return False
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(self._k("slot", slot), request.request_id, ex=ttl)
                 pipe.zadd(self._k("inflight", taken.key), {request.request_id: request.deadline})
                 pipe.expire(self._k("inflight", taken.key), ttl)
                 pipe.lrem(self._k("taking", self._proc), 1, request.request_id)
                 pipe.set(self._k("seen", taken.key), repr(now()))
                 await pipe.execute()
+        return True
 
     async def put_back(self, taken: Taken) -> None:
         async with self._guard():
@@ -401,12 +401,11 @@ class RedisBroker(Broker):
         if not keys:
             return {}
         moment = now()
-        async with self._guard():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.zcount(self._k("disp", key), moment, "+inf")
-                    pipe.get(self._k("seen", key))
-                results = await pipe.execute()
+        async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zcount(self._k("disp", key), moment, "+inf")
+                pipe.get(self._k("seen", key))
+            results = await pipe.execute()
         return {
             key: Activity(
                 pollers_waiting=bool(results[2 * i]),

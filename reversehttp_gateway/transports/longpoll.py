@@ -1,4 +1,4 @@
-"""ReverseHttp long-poll: GET a Request URL to take a request, POST the reply to it (RH-20..RH-53)."""
+"""ReverseHttp long-poll: GET a Request URL to take a request, POST the reply (RH-20..RH-53)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,12 @@ def _delivery_headers(address: RegistrationAddress, request: PublicRequest, slot
 
 
 async def poll(
-    scope: Scope, receive: Receive, send: Send, broker: Broker, address: RegistrationAddress, slot: str
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    broker: Broker,
+    address: RegistrationAddress,
+    slot: str,
 ) -> None:
     """Hold the GET until a request arrives (200) or POLL_TIMEOUT passes (204)."""
     if not capabilities.slot_matches(address.key, slot):
@@ -45,8 +50,13 @@ async def poll(
     head = scope["method"] == "HEAD"
     pending = await broker.redeliver(slot)
     if pending is not None:  # RH-29: the 200 was lost in transit; deliver the same request again
-        await respond(send, 200, _delivery_headers(address, pending, address_next(address)),
-                      pending.envelope, head=head)
+        await respond(
+            send,
+            200,
+            _delivery_headers(address, pending, address_next(address)),
+            pending.envelope,
+            head=head,
+        )
         return
     gone, watcher = watch_disconnect(receive)
     try:
@@ -63,10 +73,23 @@ async def poll(
         if gone.is_set():  # RH-30: the poller left before handover; next poller gets it
             await broker.put_back(taken)
             return
-        await broker.bind(slot, taken, gateway_settings.REPLY_TIMEOUT)
+        if not await broker.bind(slot, taken, gateway_settings.REPLY_TIMEOUT):
+            await broker.put_back(taken)
+            await respond_error(
+                send,
+                409,
+                "Another poller is using this Request URL; "
+                "each poller needs its own (register again for a new one)",
+            )
+            return
         next_slot = address_next(address)
-        await respond(send, 200, _delivery_headers(address, taken.request, next_slot),
-                      taken.request.envelope, head=head)
+        await respond(
+            send,
+            200,
+            _delivery_headers(address, taken.request, next_slot),
+            taken.request.envelope,
+            head=head,
+        )
     finally:
         watcher.cancel()
 
@@ -84,7 +107,9 @@ async def reply(scope: Scope, receive: Receive, send: Send, broker: Broker, slot
     except BodyTooLarge:
         request = await broker.claim(slot)
         if request is not None:
-            await broker.route_reply(request, Reply.error(502, "The application's response was too large"))
+            await broker.route_reply(
+                request, Reply.error(502, "The application's response was too large")
+            )
         await respond_error(send, 413, "Response body too large")
         return
     request = await broker.claim(slot)  # authorised by the unguessable slot alone (RH-53)

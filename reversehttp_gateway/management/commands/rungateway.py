@@ -19,10 +19,17 @@ class Command(BaseCommand):
     server_class = GatewayServer
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("addrport", nargs="?", default="127.0.0.1:8000",
-                            help="[host:]port to listen on (default 127.0.0.1:8000)")
-        parser.add_argument("--no-static", action="store_true",
-                            help="Do not serve STATIC_URL files (serve them with nginx instead).")
+        parser.add_argument(
+            "addrport",
+            nargs="?",
+            default="127.0.0.1:8000",
+            help="[host:]port to listen on (default 127.0.0.1:8000)",
+        )
+        parser.add_argument(
+            "--no-static",
+            action="store_true",
+            help="Do not serve STATIC_URL files (serve them with nginx instead).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         match = ADDRPORT.match(options["addrport"])

@@ -1,0 +1,97 @@
+"""The ``message/http`` request the gateway hands to the application (RH-27, RH-35..RH-39)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+__all__ = ["HOP_BY_HOP", "build_embedded_request", "hop_by_hop_names"]
+
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+"""Lower-case names never relayed (RH-39, RH-50). ``content-length`` is handled separately."""
+
+_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_CRLF = b"\r\n"
+
+
+def hop_by_hop_names(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Return :data:`HOP_BY_HOP` plus the lower-case names listed in any ``Connection`` header."""
+    listed = {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+    }
+    listed.discard(b"")
+    return HOP_BY_HOP | listed
+
+
+def _canonical_name(name: bytes) -> bytes:
+    """``content-type`` -> ``Content-Type``: each dash-separated word capitalised."""
+    return b"-".join(word.capitalize() for word in name.split(b"-"))
+
+
+def _check_value(what: str, value: bytes) -> None:
+    if b"\r" in value or b"\n" in value or b"\0" in value:
+        raise ValueError(f"{what} contains CR, LF or NUL")
+
+
+def build_embedded_request(
+    *,
+    method: str,
+    target: bytes,
+    http_version: str,
+    headers: Iterable[tuple[bytes, bytes]],
+    body: bytes,
+    default_host: bytes,
+) -> bytes:
+    """Serialise a third-party request as the body of a ``message/http`` poll response.
+
+    The request line keeps ``method`` and the raw ``target`` byte for byte (RH-27); any version
+    but ``"1.0"`` is written as ``HTTP/1.1`` (RH-36). Header names are written in Title-Case,
+    duplicates stay separate lines in their original order (RH-38), hop-by-hop headers and any
+    incoming ``Content-Length`` are dropped (RH-39), ``Host: default_host`` is put first when no
+    ``Host`` was given (RH-36), and ``Content-Length`` is added last when ``body`` is non-empty or
+    the method is POST, PUT or PATCH (RH-37). Lines end with CRLF (RH-35).
+
+    Raises:
+        ValueError: ``method`` or a header name is not an HTTP token, ``target`` is empty or
+            contains whitespace or control characters, or a header value or ``default_host``
+            contains CR, LF or NUL.
+    """
+    method_bytes = method.encode("ascii", "replace")
+    if _TOKEN_RE.fullmatch(method_bytes) is None:
+        raise ValueError("method is not an HTTP token")
+    if not target or any(byte <= 0x20 or byte == 0x7F for byte in target):
+        raise ValueError("request target is empty or contains whitespace or control characters")
+    _check_value("default host", default_host)
+    headers = list(headers)
+    for name, value in headers:
+        if _TOKEN_RE.fullmatch(name) is None:
+            raise ValueError("header name is not an HTTP token")
+        _check_value(f"{name.decode('ascii')} header", value)
+
+    dropped = hop_by_hop_names(headers) | {b"content-length"}
+    version = b"HTTP/1.0" if http_version == "1.0" else b"HTTP/1.1"
+    kept = [(name.lower(), value) for name, value in headers if name.lower() not in dropped]
+    lines = [method_bytes + b" " + target + b" " + version]
+    if not any(name == b"host" for name, _ in kept):
+        lines.append(b"Host: " + default_host)
+    lines.extend(_canonical_name(name) + b": " + value for name, value in kept)
+    if body or method in _BODY_METHODS:
+        lines.append(b"Content-Length: " + str(len(body)).encode("ascii"))
+    return _CRLF.join(lines) + _CRLF + _CRLF + body

@@ -1,0 +1,101 @@
+"""Several gateway processes sharing one Redis and one database; shutdown behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+
+import httpx
+import pytest
+
+from ..rh import envelope, register, unique_label
+
+pytestmark = pytest.mark.asyncio
+
+
+def on(gateway, url: str) -> str:
+    """The same URL, sent to another gateway process."""
+    return url.replace(url.split("/")[2], f"127.0.0.1:{gateway.port}", 1)
+
+
+async def test_poller_on_one_process_public_request_on_the_other(start_gateway, tmp_path):
+    """Queue state lives in Redis: poll A, public request on B, reply on A or B."""
+    db = tmp_path / "shared.sqlite3"
+    a = start_gateway("redis", prefix="shared-ab")
+    import shutil
+
+    shutil.copy(a.db_path, db)
+    a.stop()
+    a = start_gateway("redis", prefix="shared-ab2", DB_PATH=str(db))
+    b = start_gateway("redis", prefix="shared-ab2", DB_PATH=str(db))
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg = await register(client, a.service_url, unique_label())
+        for i in range(6):
+            poll = asyncio.ensure_future(client.get(reg.first if i % 2 else on(b, reg.first)))
+            await asyncio.sleep(0.2)
+            public = asyncio.ensure_future(client.get(on(b if i % 2 else a, reg.public) + f"r{i}"))
+            delivered = await poll
+            assert delivered.status_code == 200, delivered.text
+            assert f"/r{i} HTTP/1.1".encode() in delivered.content
+            reply_to = on(a if i % 3 else b, reg.first)
+            assert (
+                await client.post(reply_to, content=envelope(body=f"{i}".encode()))
+            ).status_code == 202
+            assert (await public).text == str(i)
+            reg.first = delivered.headers["Link"].split(">")[0][1:]
+
+
+async def test_no_duplicates_or_losses_with_pollers_split_across_processes(start_gateway, tmp_path):
+    """notes §2: 4 pollers on 2 processes, 60 public requests on both: each delivered once."""
+    a = start_gateway("redis", prefix="dup")
+    db = a.db_path
+    b = start_gateway("redis", prefix="dup", DB_PATH=str(db))
+    delivered = collections.Counter()
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(timeout=15, limits=httpx.Limits(max_connections=100)) as client:
+        reg = await register(client, a.service_url, unique_label())
+        label = reg.public.rstrip("/").rsplit("/", 1)[1]
+
+        async def poller(gw) -> None:
+            again = await client.post(a.service_url, data={"name": label, "token": "secret"})
+            url = on(gw, again.headers["Link"].split(">")[0][1:])  # each poller its own URL
+            while not stop.is_set():
+                response = await client.get(url)
+                if response.status_code != 200:
+                    continue
+                target = response.content.split(b" ")[1].decode()
+                delivered[target] += 1
+                await client.post(url, content=envelope(body=target.encode()))
+                url = on(gw, response.headers["Link"].split(">")[0][1:])
+
+        pollers = [asyncio.ensure_future(poller(gw)) for gw in (a, b, a, b)]
+        await asyncio.sleep(0.3)
+        publics = [client.get(on(a if i % 2 else b, reg.public) + f"q{i}") for i in range(60)]
+        responses = await asyncio.gather(*publics)
+        stop.set()
+        await asyncio.wait(pollers, timeout=5)
+    assert [r.status_code for r in responses] == [200] * 60, [
+        (i, r.text) for i, r in enumerate(responses) if r.status_code != 200
+    ]
+    assert [r.text for r in responses] == [f"/{label}/q{i}" for i in range(60)]
+    assert sorted(delivered.values()) == [1] * 60
+
+
+async def test_sigterm_finishes_in_flight_requests_then_exits(start_gateway):
+    """rungateway: on SIGTERM, new public requests get 503, in-flight ones complete."""
+    gw = start_gateway("memory")
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg = await register(client, gw.service_url, unique_label())
+        in_flight = asyncio.ensure_future(client.get(reg.public + "slow"))
+        delivered = await client.get(reg.first)
+        assert delivered.status_code == 200
+        gw.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        assert gw.process.poll() is None  # still draining
+        refused = await client.get(reg.public + "new")
+        assert refused.status_code == 503
+        assert refused.headers["Retry-After"] == "2"
+        assert (await client.post(reg.first, content=envelope(body=b"finished"))).status_code == 202
+        assert (await in_flight).text == "finished"
+    assert await asyncio.to_thread(gw.process.wait, 10) == 0
