@@ -90,7 +90,7 @@ STATIC_ROOT = VAR_DIR / "static"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REVERSEHTTP_GATEWAY = {
-    "BASE_URL": os.environ.get("RHGW_BASE_URL", "http://localhost:8000"),
+    "BASE_URL": os.environ.get("RHGW_BASE_URL", "http://127.0.0.1:8000"),
     "PUBLIC_URL_MODE": os.environ.get("RHGW_PUBLIC_URL_MODE", "path"),
     "VHOST_DOMAIN": os.environ.get("RHGW_VHOST_DOMAIN") or None,
     "BROKER": os.environ.get("RHGW_BROKER", "memory"),

@@ -77,20 +77,20 @@ async def handle(scope: Scope, receive: Receive, send: Send, broker: Broker, res
         await respond_error(send, 404, "Not found")
         return
     label, secret = parts[1].lower(), parts[2]
-    if len(parts) == 4 and method == "POST":
+    if len(parts) == 3:
+        await private(scope, receive, send, broker, label, secret)
+        return
+    if method == "POST":
         await longpoll.reply(scope, receive, send, broker, parts[3])
+        return
+    if method not in ("GET", "HEAD"):
+        await respond_error(send, 405, "Method not allowed", headers=[(b"allow", b"GET, POST")])
         return
     address = await _resolve(broker, label, secret)
     if address is None:
         await respond_error(send, 404, "No such registration")
         return
-    if len(parts) == 4:
-        if method in ("GET", "HEAD"):
-            await longpoll.poll(scope, receive, send, broker, address, parts[3])
-        else:
-            await respond_error(send, 405, "Method not allowed", headers=[(b"allow", b"GET, POST")])
-        return
-    await private(scope, receive, send, broker, address)
+    await longpoll.poll(scope, receive, send, broker, address, parts[3])
 
 
 async def _resolve(broker: Broker, label: str, secret: str) -> RegistrationAddress | None:
@@ -147,10 +147,15 @@ def _wants(scope: Scope) -> str:
 
 
 async def private(
-    scope: Scope, receive: Receive, send: Send, broker: Broker, address: RegistrationAddress
+    scope: Scope, receive: Receive, send: Send, broker: Broker, label: str, secret: str
 ) -> None:
-    """GET, PUT or DELETE on a private URL (RH-81..RH-83)."""
+    """GET, PUT or DELETE on a private URL (RH-81..RH-83); these never revive an expired one."""
     method = scope["method"]
+    registration = await _db(registry.find, label, secret)
+    if registration is None:
+        await respond_error(send, 404, "No such registration")
+        return
+    address = RegistrationAddress(registration.label, registration.nonce)
     if method == "DELETE":
         deleted = await _db(_delete_row, address)
         await broker.deactivate(address.key, address.label)
@@ -158,10 +163,6 @@ async def private(
             await respond(send, 204)
         else:
             await respond_error(send, 404, "No such registration")
-        return
-    registration = await _db(registry.find, address.label, address.secret)
-    if registration is None:
-        await respond_error(send, 404, "No such registration")
         return
     if method == "PUT":
         try:

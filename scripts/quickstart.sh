@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up and run the gateway on the embedded default: SQLite, one process, no Redis.
+#   ./scripts/quickstart.sh [host:port]      (default 127.0.0.1:8000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e .
+.venv/bin/python manage.py migrate --noinput -v0
+exec .venv/bin/python manage.py rungateway "${1:-127.0.0.1:8000}"

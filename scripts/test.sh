@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Run the whole test suite: installs the test dependencies, starts Redis if none answers.
+#   ./scripts/test.sh [pytest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+REDIS_HOST=${RHGW_TEST_REDIS_HOST:-127.0.0.1}
+REDIS_PORT=${RHGW_TEST_REDIS_PORT:-6379}
+export RHGW_TEST_REDIS_URL=${RHGW_TEST_REDIS_URL:-redis://$REDIS_HOST:$REDIS_PORT/15}
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+
+redis_answers() {
+  .venv/bin/python - "$RHGW_TEST_REDIS_URL" <<'PY'
+import sys, redis
+try:
+    redis.Redis.from_url(sys.argv[1], socket_connect_timeout=1).ping()
+except Exception:
+    sys.exit(1)
+PY
+}
+
+if ! redis_answers; then
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "Installing redis-server (apt-get)" >&2
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  fi
+  echo "Starting redis-server on $REDIS_HOST:$REDIS_PORT" >&2
+  redis-server --daemonize yes --bind "$REDIS_HOST" --port "$REDIS_PORT" \
+    --save "" --appendonly no --dir /tmp
+  for _ in $(seq 50); do redis_answers && break; sleep 0.1; done
+  redis_answers || { echo "Redis did not start" >&2; exit 1; }
+fi
+
+.venv/bin/ruff check reversehttp_gateway tests
+.venv/bin/python manage.py makemigrations --check --dry-run -v0
+exec .venv/bin/python -m pytest "$@"
