@@ -1,4 +1,4 @@
-"""Leases against a live gateway: dormant expiry, re-creation on poll, label reuse (RH-06..RH-07, RH-23)."""
+"""Leases on a live gateway: dormant expiry, re-creation on poll, label reuse (RH-07, RH-23)."""
 
 from __future__ import annotations
 
