@@ -123,6 +123,7 @@ class RedisBroker(Broker):
             try:
                 await pubsub.subscribe(reply_channel, events_channel)
                 self._subscribed.set()
+                await self._collect_stranded_replies()
                 async for message in pubsub.listen():
                     if message["type"] != "message":
                         continue
@@ -152,6 +153,20 @@ class RedisBroker(Broker):
                 future.set_result(Reply.error(502, "The application's response was lost"))
                 return
         future.set_result(Reply.unpack(packed))
+
+    async def _collect_stranded_replies(self) -> None:
+        """Replies routed while this process was not subscribed wait in keys (route_reply)."""
+        waiting = [rid for rid, future in self._pending.items() if not future.done()]
+        if not waiting:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for request_id in waiting:
+                pipe.getdel(self._k("resp", request_id))
+            stored = await pipe.execute()
+        for request_id, packed in zip(waiting, stored, strict=True):
+            future = self._pending.get(request_id)
+            if packed is not None and future is not None and not future.done():
+                future.set_result(Reply.unpack(packed))
 
     def _on_event(self, data: bytes) -> None:
         kind, key = data.decode().split(" ", 1)
@@ -389,13 +404,18 @@ class RedisBroker(Broker):
 
     async def route_reply(self, request: PublicRequest, reply: Reply) -> None:
         packed = reply.pack()
+        channel, stored = self._k("reply", request.origin), self._k("resp", request.request_id)
+        ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
         async with self._guard():
             if len(packed) <= INLINE_REPLY_LIMIT:
                 message = msgpack.packb([request.request_id, True, packed], use_bin_type=True)
+                if await self._redis.publish(channel, message) == 0:
+                    # The origin is reconnecting (or gone): keep the reply for it to collect.
+                    await self._redis.set(stored, packed, ex=ttl)
             else:
-                await self._redis.set(self._k("resp", request.request_id), packed, ex=60)
+                await self._redis.set(stored, packed, ex=ttl)
                 message = msgpack.packb([request.request_id, False, b""], use_bin_type=True)
-            await self._redis.publish(self._k("reply", request.origin), message)
+                await self._redis.publish(channel, message)
 
     async def activity(self, keys: list[str]) -> dict[str, Activity]:
         if not keys:
