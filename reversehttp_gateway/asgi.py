@@ -11,6 +11,8 @@ import logging
 import re
 from typing import Any
 
+from django.db import DatabaseError
+
 from .conf import gateway_settings
 from .http import Receive, Scope, Send, header, respond_error
 from .queue.base import BrokerUnavailable
@@ -74,6 +76,9 @@ class GatewayApplication:
         except BrokerUnavailable as exc:
             logger.warning("Broker unavailable: %s", exc)
             await respond_error(send, 503, "The gateway's queue is unavailable", retry_after=5)
+        except DatabaseError as exc:  # RH-15: registration changes need the database
+            logger.warning("Database unavailable: %s", exc)
+            await respond_error(send, 503, "The gateway's database is unavailable", retry_after=5)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

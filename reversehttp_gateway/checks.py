@@ -10,6 +10,16 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from .conf import CHOICES, DEFAULTS, gateway_settings
 
 
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        port = None
+    return scheme, parts.hostname, port
+
+
 @register(Tags.compatibility)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Unknown keys, bad choices, bad URLs and inconsistent timeouts."""
@@ -60,6 +70,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             <= gateway_settings.DEFAULT_LEASE
             <= gateway_settings.MAX_LEASE
             and gateway_settings.MAX_BODY_SIZE > 0
+            and gateway_settings.EXPIRY_INTERVAL > 0
+            and gateway_settings.SHUTDOWN_TIMEOUT >= 0
         )
     except (TypeError, ValueError):
         timeouts_ok = False
@@ -68,7 +80,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             Error(
                 "Inconsistent timeouts, leases or body size in REVERSEHTTP_GATEWAY.",
                 hint="Need POLL_TIMEOUT > 0, 0 < NO_APP_TIMEOUT <= REPLY_TIMEOUT, "
-                "0 < MIN_LEASE <= DEFAULT_LEASE <= MAX_LEASE and MAX_BODY_SIZE > 0.",
+                "0 < MIN_LEASE <= DEFAULT_LEASE <= MAX_LEASE, MAX_BODY_SIZE > 0, "
+                "EXPIRY_INTERVAL > 0 and SHUTDOWN_TIMEOUT >= 0.",
                 id="reversehttp_gateway.E005",
             )
         )
@@ -84,15 +97,24 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="reversehttp_gateway.E006",
             )
         )
-    if gateway_settings.PUBLIC_URL_MODE == "path" and (
-        gateway_settings.PUBLIC_BASE_URL == gateway_settings.BASE_URL
-    ):
+    if gateway_settings.PUBLIC_URL_MODE == "path" and _origin(
+        gateway_settings.PUBLIC_BASE_URL
+    ) == _origin(gateway_settings.BASE_URL):
         errors.append(
             Warning(
                 "Path-mode public URLs share the gateway's own origin (RH-93).",
                 hint="For untrusted applications set PUBLIC_BASE_URL to a separate host, "
                 "or use vhost mode; see docs/security.md.",
                 id="reversehttp_gateway.W001",
+            )
+        )
+    reserved = gateway_settings._get("RESERVED_LABELS")
+    if isinstance(reserved, str) or not all(isinstance(label, str) for label in reserved):
+        errors.append(
+            Error(
+                "REVERSEHTTP_GATEWAY['RESERVED_LABELS'] must be a list of labels.",
+                hint='For example ["admin", "static"].',
+                id="reversehttp_gateway.E007",
             )
         )
     return errors

@@ -146,6 +146,14 @@ def revive(label: str, secret: str) -> Registration | None:
         if registration is None:
             return None
         if registration.status == Registration.Status.EXPIRED:
+            if gateway_settings.ENROLMENT != "open":  # the policy may have changed meanwhile
+                access = registration.access_token
+                try:
+                    _check_enrolment(
+                        registration.label, access if access and access.is_usable() else None
+                    )
+                except RegistrationError:
+                    return None
             now = timezone.now()
             registration.status = Registration.Status.ACTIVE
             registration.refreshed_at = now
@@ -172,6 +180,8 @@ def reconfigure(registration: Registration, *, token: str | None, lease: str | N
     now = timezone.now()
     registration.status = Registration.Status.ACTIVE
     registration.refreshed_at = now
+    registration.dormant_since = now
+    registration.expires_at = now + timedelta(seconds=registration.lease_seconds)
     registration.save()
 
 

@@ -308,3 +308,47 @@ async def test_oversized_public_body_is_413(start_gateway, client):
     response = await client.post(reg.public, content=b"x" * 1001)
     assert response.status_code == 413
     assert (await client.get(reg.first)).status_code == 204
+
+
+async def test_replies_still_relayed_after_delete_and_queued_requests_get_503(gateway, client):
+    """RH-52, RH-83: in-flight replies survive DELETE; queued, undelivered requests get 503."""
+    reg = await register(client, gateway.service_url, unique_label())
+    in_flight = asyncio.ensure_future(client.get(reg.public + "in-flight"))
+    assert (await client.get(reg.first)).status_code == 200
+    queued = asyncio.ensure_future(client.get(reg.public + "queued"))
+    await asyncio.sleep(0.3)
+    assert (await client.delete(reg.private)).status_code == 204
+    response = await queued
+    assert response.status_code == 503
+    assert response.headers["Retry-After"]
+    assert (
+        await client.post(reg.first, content=envelope(body=b"late but fine"))
+    ).status_code == 202
+    assert (await in_flight).text == "late but fine"
+
+
+async def test_credentials_forwarded_hop_by_hop_dropped(gateway, client):
+    """RH-67: Authorization and Cookie reach the app unchanged; RH-39: hop-by-hop removed."""
+    reg = await register(client, gateway.service_url, unique_label())
+    public = asyncio.ensure_future(
+        client.get(
+            reg.public,
+            headers={"Authorization": "Basic dTpw", "Cookie": "a=1", "Keep-Alive": "timeout=5"},
+        )
+    )
+    delivered = await client.get(reg.first)
+    assert b"\r\nAuthorization: Basic dTpw\r\n" in delivered.content
+    assert b"\r\nCookie: a=1\r\n" in delivered.content
+    assert b"Keep-Alive" not in delivered.content
+    await client.post(reg.first, content=envelope(headers={"Connection": "close", "X-A": "1"}))
+    response = await public
+    assert response.headers["X-A"] == "1"
+
+
+async def test_upgrade_and_relay_endpoint_are_refused(gateway, client):
+    """RH-40: an Upgrade request cannot be tunnelled (501); RH-96: no _relay endpoint."""
+    reg = await register(client, gateway.service_url, unique_label())
+    upgrade = await client.get(reg.public, headers={"Upgrade": "foo/1", "Connection": "Upgrade"})
+    assert upgrade.status_code == 501
+    relay = await client.post(gateway.service_url + "/_relay/127.0.0.1:6379", content=b"PING")
+    assert relay.status_code == 404
