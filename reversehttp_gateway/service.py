@@ -30,7 +30,7 @@ from .http import (
 )
 from .models import Registration
 from .queue.base import Broker
-from .transports import longpoll
+from .transports import jsonpoll, longpoll
 
 FORM_LIMIT = 64 * 1024
 
@@ -79,6 +79,16 @@ async def handle(scope: Scope, receive: Receive, send: Send, broker: Broker, res
     label, secret = parts[1].lower(), parts[2]
     if len(parts) == 3:
         await private(scope, receive, send, broker, label, secret)
+        return
+    if parts[3] == "json":
+        if method != "POST":
+            await respond_error(send, 405, "Method not allowed", headers=[(b"allow", b"POST")])
+            return
+        address = await _resolve(broker, label, secret)
+        if address is None:
+            await respond_error(send, 404, "No such registration")
+            return
+        await jsonpoll.json_poll(scope, receive, send, broker, address)
         return
     if method == "POST":
         await longpoll.reply(scope, receive, send, broker, parts[3])

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import NamedTuple
 
-__all__ = ["HOP_BY_HOP", "build_embedded_request", "hop_by_hop_names"]
+__all__ = [
+    "HOP_BY_HOP",
+    "EmbeddedRequest",
+    "build_embedded_request",
+    "hop_by_hop_names",
+    "split_embedded_request",
+]
 
 HOP_BY_HOP: frozenset[bytes] = frozenset(
     {
@@ -95,3 +102,34 @@ def build_embedded_request(
     if body or method in _BODY_METHODS:
         lines.append(b"Content-Length: " + str(len(body)).encode("ascii"))
     return _CRLF.join(lines) + _CRLF + _CRLF + body
+
+
+class EmbeddedRequest(NamedTuple):
+    """The parts of an envelope written by :func:`build_embedded_request`."""
+
+    method: str
+    target: bytes
+    http_version: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+def split_embedded_request(envelope: bytes) -> EmbeddedRequest:
+    """Split an envelope this module built back into its parts (header names keep their case).
+
+    Only for the gateway's own, already validated envelopes; raises ``ValueError`` otherwise.
+    """
+    head, separator, body = envelope.partition(_CRLF + _CRLF)
+    if not separator:
+        raise ValueError("envelope has no end of head")
+    request_line, *lines = head.split(_CRLF)
+    method, target, version = request_line.split(b" ")
+    headers = []
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            raise ValueError("envelope header without a colon")
+        headers.append((name, value.strip()))
+    return EmbeddedRequest(
+        method.decode("ascii"), target, version.decode("ascii").removeprefix("HTTP/"), headers, body
+    )

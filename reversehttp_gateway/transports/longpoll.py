@@ -20,10 +20,15 @@ from ..http import (
 )
 from ..protocol.embedded_response import InvalidResponse, parse_embedded_response
 from ..queue.base import Broker, PublicRequest, RegistrationGone, Reply
+from .delivery import SlotBusy, take_and_bind
 
 logger = logging.getLogger(__name__)
 
 BAD_REPLY_MESSAGE = "Bad response from the application"
+SLOT_BUSY_MESSAGE = (
+    "Another poller is using this Request URL; each poller needs its own "
+    "(register again for a new one)"
+)
 
 
 def _delivery_headers(address: RegistrationAddress, request: PublicRequest, slot: str):
@@ -60,38 +65,22 @@ async def poll(
         return
     gone, watcher = watch_disconnect(receive)
     try:
-        try:
-            taken = await broker.take(address.key, gateway_settings.POLL_TIMEOUT, gone)
-        except RegistrationGone:
-            await respond_error(send, 410, "This registration was deleted")  # RH-24
-            return
-        if taken is None:
-            if not gone.is_set():  # RH-22: the same URL stays valid after a 204
-                link = f'<{address.request_url(slot)}>; rel="next"'.encode()
-                await respond(send, 204, [(b"link", link)])
-            return
-        if gone.is_set():  # RH-30: the poller left before handover; next poller gets it
-            await broker.put_back(taken)
-            return
-        if not await broker.bind(slot, taken, gateway_settings.REPLY_TIMEOUT):
-            await broker.put_back(taken)
-            await respond_error(
-                send,
-                409,
-                "Another poller is using this Request URL; "
-                "each poller needs its own (register again for a new one)",
-            )
-            return
-        next_slot = address_next(address)
-        await respond(
-            send,
-            200,
-            _delivery_headers(address, taken.request, next_slot),
-            taken.request.envelope,
-            head=head,
-        )
+        taken = await take_and_bind(broker, address.key, slot, gone)
+    except RegistrationGone:
+        await respond_error(send, 410, "This registration was deleted")  # RH-24
+        return
+    except SlotBusy:
+        await respond_error(send, 409, SLOT_BUSY_MESSAGE)
+        return
     finally:
         watcher.cancel()
+    if taken is None:
+        if not gone.is_set():  # RH-22: the same URL stays valid after a 204
+            link = f'<{address.request_url(slot)}>; rel="next"'.encode()
+            await respond(send, 204, [(b"link", link)])
+        return
+    headers = _delivery_headers(address, taken.request, address_next(address))
+    await respond(send, 200, headers, taken.request.envelope, head=head)
 
 
 def address_next(address: RegistrationAddress) -> str:
