@@ -143,6 +143,10 @@ class Broker(abc.ABC):
         """Wait up to ``timeout`` for the next request; None on timeout or disconnect."""
 
     @abc.abstractmethod
+    async def take_nowait(self, key: str) -> Taken | None:
+        """The next queued request of ``key`` if there is one now (for pipelines, RH-26)."""
+
+    @abc.abstractmethod
     async def bind(self, slot: str, taken: Taken, reply_timeout: float) -> bool:
         """Record that ``taken`` is delivered on Request URL ``slot``.
 

@@ -135,6 +135,14 @@ class MemoryBroker(Broker):
             return None
         return taken
 
+    async def take_nowait(self, key: str) -> Taken | None:
+        queue = self._queues.get(key)
+        while queue:
+            request = queue.popleft()
+            if self._is_live(request):
+                return Taken(key, request)
+        return None
+
     def _is_live(self, request: PublicRequest) -> bool:
         return request.request_id in self._live and request.deadline > now()
 

@@ -295,6 +295,18 @@ class RedisBroker(Broker):
             return None
         return taken
 
+    async def take_nowait(self, key: str) -> Taken | None:
+        queue, taking = self._k("q", key), self._k("taking", self._proc)
+        async with self._guard():
+            while True:
+                request_id = await self._redis.lmove(queue, taking, "RIGHT", "LEFT")
+                if request_id is None:
+                    return None
+                request = await self._load(request_id.decode())
+                if request is not None:
+                    return Taken(key, request)
+                await self._redis.lrem(taking, 1, request_id)
+
     async def _dispatch(self, key: str, dispatcher: _Dispatcher) -> None:
         """Pop ``q:<key>`` while local pollers wait; hand each live request to the oldest one."""
         queue, taking = self._k("q", key), self._k("taking", self._proc)

@@ -1,4 +1,10 @@
-"""ReverseHttp long-poll: GET a Request URL to take a request, POST the reply (RH-20..RH-53)."""
+"""ReverseHttp long-poll: GET a Request URL to take requests, POST the reply (RH-20..RH-53).
+
+A poller that asks for ``application/http`` explicitly in ``Accept`` may get several queued
+requests in one poll, concatenated in queue order, and answers them with one pipeline of
+responses in the same order (RH-26, RH-72). Request ``i`` of such a batch is bound to the slot
+``<slot>.<i>``; a single ``message/http`` request is bound to ``<slot>`` itself.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +19,18 @@ from ..http import (
     Receive,
     Scope,
     Send,
+    header,
     read_body,
     respond,
     respond_error,
     watch_disconnect,
 )
-from ..protocol.embedded_response import InvalidResponse, parse_embedded_response
-from ..queue.base import Broker, PublicRequest, RegistrationGone, Reply
+from ..protocol.embedded_response import (
+    InvalidResponse,
+    parse_embedded_response,
+    parse_embedded_responses,
+)
+from ..queue.base import Broker, PublicRequest, RegistrationGone, Reply, Taken
 from .delivery import SlotBusy, take_and_bind
 
 logger = logging.getLogger(__name__)
@@ -29,15 +40,61 @@ SLOT_BUSY_MESSAGE = (
     "Another poller is using this Request URL; each poller needs its own "
     "(register again for a new one)"
 )
+PIPELINE_TYPE = b"application/http"
 
 
-def _delivery_headers(address: RegistrationAddress, request: PublicRequest, slot: str):
-    """Headers of a 200 poll response; ``slot`` is the Request URL to use next (RH-21)."""
+def wants_pipeline(scope: Scope) -> bool:
+    """Whether ``Accept`` names ``application/http`` explicitly, with q > 0 (RH-26)."""
+    accept = (header(scope, b"accept") or b"").lower()
+    for item in accept.split(b","):
+        media, *params = (part.strip() for part in item.split(b";"))
+        if media == PIPELINE_TYPE:
+            return not any(p.replace(b" ", b"") in (b"q=0", b"q=0.0", b"q=0.00") for p in params)
+    return False
+
+
+def _batch_slot(slot: str, index: int) -> str:
+    return f"{slot}.{index}"
+
+
+def _delivery_headers(
+    address: RegistrationAddress, requests: list[PublicRequest], pipelined: bool
+) -> list[tuple[bytes, bytes]]:
+    """Headers of a 200 poll response with a fresh rel="next" Request URL (RH-21)."""
+    next_url = address.request_url(capabilities.new_slot(address.key))
     return [
-        (b"content-type", b"message/http"),
-        (b"link", f'<{address.request_url(slot)}>; rel="next"'.encode()),
-        (b"requesting-client", request.requesting_client.encode()),
+        (b"content-type", PIPELINE_TYPE if pipelined else b"message/http"),
+        (b"link", f'<{next_url}>; rel="next"'.encode()),
+        (b"requesting-client", requests[0].requesting_client.encode()),
     ]
+
+
+async def _pending(broker: Broker, slot: str, pipelined: bool) -> list[PublicRequest]:
+    """Requests delivered on ``slot`` and still unanswered (RH-29)."""
+    if not pipelined:
+        single = await broker.redeliver(slot)
+        return [single] if single is not None else []
+    batch: list[PublicRequest] = []
+    while len(batch) < gateway_settings.PIPELINE_MAX:
+        request = await broker.redeliver(_batch_slot(slot, len(batch)))
+        if request is None:
+            break
+        batch.append(request)
+    return batch
+
+
+async def _take_more(broker: Broker, key: str, slot: str) -> list[Taken]:
+    """Requests already queued behind the first one of a pipeline, bound to ``slot.<i>``."""
+    more: list[Taken] = []
+    while len(more) + 1 < gateway_settings.PIPELINE_MAX:
+        taken = await broker.take_nowait(key)
+        if taken is None:
+            break
+        if not await broker.bind(_batch_slot(slot, len(more) + 1), taken, 0):
+            await broker.put_back(taken)
+            break
+        more.append(taken)
+    return more
 
 
 async def poll(
@@ -48,69 +105,82 @@ async def poll(
     address: RegistrationAddress,
     slot: str,
 ) -> None:
-    """Hold the GET until a request arrives (200) or POLL_TIMEOUT passes (204)."""
+    """Hold the GET until requests arrive (200) or POLL_TIMEOUT passes (204)."""
     if not capabilities.slot_matches(address.key, slot):
         await respond_error(send, 404, "Unknown Request URL")  # RH-23: never issued
         return
     head = scope["method"] == "HEAD"
-    pending = await broker.redeliver(slot)
-    if pending is not None:  # RH-29: the 200 was lost in transit; deliver the same request again
-        await respond(
-            send,
-            200,
-            _delivery_headers(address, pending, address_next(address)),
-            pending.envelope,
-            head=head,
-        )
-        return
-    gone, watcher = watch_disconnect(receive)
-    try:
-        taken = await take_and_bind(broker, address.key, slot, gone)
-    except RegistrationGone:
-        await respond_error(send, 410, "This registration was deleted")  # RH-24
-        return
-    except SlotBusy:
-        await respond_error(send, 409, SLOT_BUSY_MESSAGE)
-        return
-    finally:
-        watcher.cancel()
-    if taken is None:
-        if not gone.is_set():  # RH-22: the same URL stays valid after a 204
-            link = f'<{address.request_url(slot)}>; rel="next"'.encode()
-            await respond(send, 204, [(b"link", link)])
-        return
-    headers = _delivery_headers(address, taken.request, address_next(address))
-    await respond(send, 200, headers, taken.request.envelope, head=head)
+    pipelined = wants_pipeline(scope) and gateway_settings.PIPELINE_MAX > 1
+    requests = await _pending(broker, slot, pipelined)
+    if not requests:
+        gone, watcher = watch_disconnect(receive)
+        try:
+            first_slot = _batch_slot(slot, 0) if pipelined else slot
+            taken = await take_and_bind(broker, address.key, first_slot, gone)
+        except RegistrationGone:
+            await respond_error(send, 410, "This registration was deleted")  # RH-24
+            return
+        except SlotBusy:
+            await respond_error(send, 409, SLOT_BUSY_MESSAGE)
+            return
+        finally:
+            watcher.cancel()
+        if taken is None:
+            if not gone.is_set():  # RH-22: the same URL stays valid after a 204
+                link = f'<{address.request_url(slot)}>; rel="next"'.encode()
+                await respond(send, 204, [(b"link", link)])
+            return
+        more = await _take_more(broker, address.key, slot) if pipelined else []
+        requests = [taken.request] + [t.request for t in more]
+    body = b"".join(request.envelope for request in requests)
+    await respond(send, 200, _delivery_headers(address, requests, pipelined), body, head=head)
 
 
-def address_next(address: RegistrationAddress) -> str:
-    return capabilities.new_slot(address.key)
+async def _claim_all(broker: Broker, slot: str) -> list[PublicRequest]:
+    """The request(s) delivered on ``slot``, claimed once (RH-47, RH-53)."""
+    single = await broker.claim(slot)
+    if single is not None:
+        return [single]
+    batch: list[PublicRequest] = []
+    while len(batch) < gateway_settings.PIPELINE_MAX:
+        request = await broker.claim(_batch_slot(slot, len(batch)))
+        if request is None:
+            break
+        batch.append(request)
+    return batch
+
+
+async def _fail_all(broker: Broker, requests: list[PublicRequest], reply: Reply) -> None:
+    for request in requests:
+        await broker.route_reply(request, reply)
 
 
 async def reply(scope: Scope, receive: Receive, send: Send, broker: Broker, slot: str) -> None:
-    """Accept the application's response for the request delivered on ``slot`` (RH-45..RH-53)."""
+    """Accept the application's response(s) for what was delivered on ``slot`` (RH-45..RH-53)."""
     try:
         body = await read_body(scope, receive, gateway_settings.MAX_BODY_SIZE)
     except ClientDisconnected:
         return
     except BodyTooLarge:
-        request = await broker.claim(slot)
-        if request is not None:
-            await broker.route_reply(
-                request, Reply.error(502, "The application's response was too large")
-            )
+        too_large = Reply.error(502, "The application's response was too large")
+        await _fail_all(broker, await _claim_all(broker, slot), too_large)
         await respond_error(send, 413, "Response body too large")
         return
-    request = await broker.claim(slot)  # authorised by the unguessable slot alone (RH-53)
-    if request is None:
+    requests = await _claim_all(broker, slot)
+    if not requests:
         await respond_error(send, 404, "Request key not found")  # RH-47
         return
     try:
-        parsed = parse_embedded_response(body, request_method=request.method)
-    except InvalidResponse as exc:  # RH-48: 400 to the app, 502 to the requestor
-        await broker.route_reply(request, Reply.error(502, BAD_REPLY_MESSAGE))
+        if len(requests) == 1:
+            responses = [parse_embedded_response(body, request_method=requests[0].method)]
+        else:
+            methods = [request.method for request in requests]
+            responses = parse_embedded_responses(body, request_methods=methods)
+    except InvalidResponse as exc:  # RH-48: 400 to the app, 502 to the requestor(s)
+        await _fail_all(broker, requests, Reply.error(502, BAD_REPLY_MESSAGE))
         await respond_error(send, 400, str(exc))
         return
-    relayed = Reply(parsed.status, parsed.asgi_headers(), parsed.body, parsed.reason)
-    await broker.route_reply(request, relayed)
+    for request, parsed in zip(requests, responses, strict=True):
+        relayed = Reply(parsed.status, parsed.asgi_headers(), parsed.body, parsed.reason)
+        await broker.route_reply(request, relayed)
     await respond(send, 202, [])  # RH-46

@@ -352,3 +352,49 @@ async def test_upgrade_and_relay_endpoint_are_refused(gateway, client):
     assert upgrade.status_code == 501
     relay = await client.post(gateway.service_url + "/_relay/127.0.0.1:6379", content=b"PING")
     assert relay.status_code == 404
+
+
+async def test_application_http_pipeline(gateway, client):
+    """RH-26, RH-72: asked for explicitly, one poll carries the queued requests in order and
+    one pipelined reply answers them in the same order; */* alone gets message/http."""
+    reg = await register(client, gateway.service_url, unique_label())
+    publics = []
+    for i in range(3):
+        publics.append(asyncio.ensure_future(client.get(reg.public + f"s{i}")))
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    accept = {"Accept": "application/http, message/http;q=0.5"}
+    batch = await client.get(reg.first, headers=accept)
+    assert batch.status_code == 200
+    assert batch.headers["Content-Type"] == "application/http"
+    assert [
+        line.split(b" ")[1][-2:]
+        for line in batch.content.split(b"\r\n")
+        if line.startswith(b"GET ")
+    ] == [b"s0", b"s1", b"s2"]
+    again = await client.get(reg.first, headers=accept)  # RH-29 for a whole batch
+    assert again.content == batch.content
+    pipeline = b"".join(
+        envelope(headers={"Content-Length": "1"}, body=str(i).encode()) for i in range(3)
+    )
+    assert (await client.post(reg.first, content=pipeline)).status_code == 202
+    assert [(await p).text for p in publics] == ["0", "1", "2"]
+    # */* is not an explicit request for application/http.
+    single = asyncio.ensure_future(client.get(reg.public + "one"))
+    nxt = batch.headers["Link"].split(">")[0][1:]
+    delivered = await client.get(nxt, headers={"Accept": "*/*"})
+    assert delivered.headers["Content-Type"] == "message/http"
+    await client.post(nxt, content=envelope(body=b"x"))
+    assert (await single).text == "x"
+
+
+async def test_short_pipeline_reply_is_400_and_all_requestors_get_502(gateway, client):
+    """RH-48 for pipelines: fewer responses than requests fails the whole batch clearly."""
+    reg = await register(client, gateway.service_url, unique_label())
+    publics = [asyncio.ensure_future(client.get(reg.public + f"b{i}")) for i in range(2)]
+    await asyncio.sleep(0.3)
+    batch = await client.get(reg.first, headers={"Accept": "application/http"})
+    assert batch.content.count(b" HTTP/1.1\r\n") == 2
+    short = envelope(headers={"Content-Length": "1"}, body=b"0")
+    assert (await client.post(reg.first, content=short)).status_code == 400
+    assert [(await p).status_code for p in publics] == [502, 502]
