@@ -111,6 +111,11 @@ for _name, _cast in [
 ]:
     if f"RHGW_{_name}" in os.environ:
         REVERSEHTTP_GATEWAY[_name] = _cast(os.environ[f"RHGW_{_name}"])
+if os.environ.get("RHGW_PTTH_LISTEN"):  # e.g. "127.0.0.1:8001": serve PTTH upgrades there
+    REVERSEHTTP_GATEWAY["PTTH_LISTEN"] = os.environ["RHGW_PTTH_LISTEN"]
+if "RHGW_PTTH_FORWARDED" in os.environ:
+    _forwarded = os.environ["RHGW_PTTH_FORWARDED"].strip().lower()
+    REVERSEHTTP_GATEWAY["PTTH_FORWARDED"] = _forwarded not in ("0", "", "false", "no", "off")
 
 LOGGING = {
     "version": 1,

@@ -40,12 +40,19 @@ DEFAULTS: dict[str, Any] = {
     # The well-known token "-" (RH-92): "shared" (an ordinary secret, like the reference),
     # "random" (treated as no token), "refuse" (400).
     "HYPHEN_TOKEN": "shared",
+    # Most requests one application/http poll may carry (RH-26); 1 disables pipelining.
+    "PIPELINE_MAX": 8,
     # Labels nobody may register (RH-03).
     "RESERVED_LABELS": ["reversehttp", "static", "admin", "api", "www", "gateway"],
     # How often each process looks for dormant registrations whose lease ran out (RH-07).
     "EXPIRY_INTERVAL": 5.0,
     # Longest time rungateway waits for in-flight requests after SIGTERM.
     "SHUTDOWN_TIMEOUT": 30.0,
+    # "[host:]port" of the PTTH listener (Upgrade: PTTH/1.0, PT-01..PT-12) that rungateway runs
+    # next to Daphne; None: no PTTH listener. The host defaults to 127.0.0.1.
+    "PTTH_LISTEN": None,
+    # Add "Forwarded: for=..." with the requestor's address to requests sent over PTTH (PT-12).
+    "PTTH_FORWARDED": True,
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -147,6 +154,10 @@ class GatewaySettings:
         return str(self._get("HYPHEN_TOKEN"))
 
     @property
+    def PIPELINE_MAX(self) -> int:
+        return int(self._get("PIPELINE_MAX"))
+
+    @property
     def RESERVED_LABELS(self) -> frozenset[str]:
         return frozenset(str(label).lower() for label in self._get("RESERVED_LABELS"))
 
@@ -157,6 +168,15 @@ class GatewaySettings:
     @property
     def SHUTDOWN_TIMEOUT(self) -> float:
         return float(self._get("SHUTDOWN_TIMEOUT"))
+
+    @property
+    def PTTH_LISTEN(self) -> str | None:
+        value = self._get("PTTH_LISTEN")
+        return str(value) if value not in (None, "") else None
+
+    @property
+    def PTTH_FORWARDED(self) -> bool:
+        return bool(self._get("PTTH_FORWARDED"))
 
     def public_url(self, label: str) -> str:
         """The public URL of ``label`` in the configured mode (RH-13)."""
