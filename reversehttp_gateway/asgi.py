@@ -49,6 +49,9 @@ class GatewayApplication:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
+        if scope["type"] == "websocket" and self._is_service(scope["path"]):
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.fallback(scope, receive, send)
             return
@@ -79,6 +82,32 @@ class GatewayApplication:
         except DatabaseError as exc:  # RH-15: registration changes need the database
             logger.warning("Database unavailable: %s", exc)
             await respond_error(send, 503, "The gateway's database is unavailable", retry_after=5)
+
+    @staticmethod
+    def _is_service(path: str) -> bool:
+        service_path = gateway_settings.SERVICE_PATH
+        return path == service_path or path.startswith(service_path + "/")
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``…/r/<label>/<secret>/ws``: the multiplexed WebSocket transport."""
+        parts = [p for p in scope["path"][len(gateway_settings.SERVICE_PATH) :].split("/") if p]
+        try:
+            broker = await runtime.ensure_started()
+            address = None
+            if len(parts) == 4 and parts[0] == "r" and parts[3] == "ws":
+                from .resolution import resolve_private_url
+
+                address = await resolve_private_url(broker, parts[1].lower(), parts[2])
+        except (BrokerUnavailable, DatabaseError) as exc:
+            logger.warning("WebSocket refused: %s", exc)
+            address = None
+        if address is None:
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 4404})
+            return
+        from .transports import websocket
+
+        await websocket.serve(scope, receive, send, broker, address)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -12,9 +12,6 @@ import json
 from html import escape
 from urllib.parse import parse_qsl, urlencode
 
-from asgiref.sync import sync_to_async
-from django.db import close_old_connections
-
 from . import registry
 from .addresses import RegistrationAddress
 from .http import (
@@ -30,6 +27,7 @@ from .http import (
 )
 from .models import Registration
 from .queue.base import Broker
+from .resolution import resolve_private_url, run_db
 from .transports import jsonpoll, longpoll
 
 FORM_LIMIT = 64 * 1024
@@ -53,16 +51,6 @@ def _client_ip(scope: Scope) -> str | None:
     return str(client[0]) if client else None
 
 
-def _db(function, /, *args, **kwargs):  # type: ignore[no-untyped-def]
-    """Run ORM code off the event loop, with fresh connections (notes P18)."""
-
-    def call():  # type: ignore[no-untyped-def]
-        close_old_connections()
-        return function(*args, **kwargs)
-
-    return sync_to_async(call)()
-
-
 async def handle(scope: Scope, receive: Receive, send: Send, broker: Broker, rest: str) -> None:
     """Dispatch a request whose path is ``SERVICE_PATH`` + ``rest``."""
     parts = [p for p in rest.split("/") if p]
@@ -84,7 +72,7 @@ async def handle(scope: Scope, receive: Receive, send: Send, broker: Broker, res
         if method != "POST":
             await respond_error(send, 405, "Method not allowed", headers=[(b"allow", b"POST")])
             return
-        address = await _resolve(broker, label, secret)
+        address = await resolve_private_url(broker, label, secret)
         if address is None:
             await respond_error(send, 404, "No such registration")
             return
@@ -96,26 +84,11 @@ async def handle(scope: Scope, receive: Receive, send: Send, broker: Broker, res
     if method not in ("GET", "HEAD"):
         await respond_error(send, 405, "Method not allowed", headers=[(b"allow", b"GET, POST")])
         return
-    address = await _resolve(broker, label, secret)
+    address = await resolve_private_url(broker, label, secret)
     if address is None:
         await respond_error(send, 404, "No such registration")
         return
     await longpoll.poll(scope, receive, send, broker, address, parts[3])
-
-
-async def _resolve(broker: Broker, label: str, secret: str) -> RegistrationAddress | None:
-    """The live registration behind a private URL; revives an expired one (RH-23)."""
-    key = await broker.lookup_label(label)
-    if key is not None:
-        address = RegistrationAddress.from_key(key)
-        if address.secret == secret:
-            return address
-    registration = await _db(registry.revive, label, secret)
-    if registration is None:
-        return None
-    address = RegistrationAddress(registration.label, registration.nonce)
-    await broker.activate(address.key, address.label)
-    return address
 
 
 async def register(scope: Scope, receive: Receive, send: Send, broker: Broker) -> None:
@@ -130,7 +103,7 @@ async def register(scope: Scope, receive: Receive, send: Send, broker: Broker) -
     form = _form(scope, body)
     authorization = header(scope, b"authorization")
     try:
-        enrolled = await _db(
+        enrolled = await run_db(
             registry.register,
             name=form.get("name"),
             token=form.get("token"),
@@ -161,13 +134,13 @@ async def private(
 ) -> None:
     """GET, PUT or DELETE on a private URL (RH-81..RH-83); these never revive an expired one."""
     method = scope["method"]
-    registration = await _db(registry.find, label, secret)
+    registration = await run_db(registry.find, label, secret)
     if registration is None:
         await respond_error(send, 404, "No such registration")
         return
     address = RegistrationAddress(registration.label, registration.nonce)
     if method == "DELETE":
-        deleted = await _db(_delete_row, address)
+        deleted = await run_db(_delete_row, address)
         await broker.deactivate(address.key, address.label)
         if deleted:
             await respond(send, 204)
@@ -184,7 +157,7 @@ async def private(
             return
         form = _form(scope, body)
         try:
-            await _db(
+            await run_db(
                 registry.reconfigure, registration, token=form.get("token"), lease=form.get("lease")
             )
         except registry.RegistrationError as exc:

@@ -1,0 +1,166 @@
+"""Multiplexed WebSocket transport: many requests in flight on one application connection.
+
+``ws(s)://…/reversehttp/r/<label>/<secret>/ws``. Every WebSocket message is binary, a msgpack
+array ``[kind, id, payload]``:
+
+- application → gateway ``["ready", "", n]``: serve up to ``n`` requests at once (1..256);
+- gateway → application ``["request", id, [envelope, requesting_client]]``: a ``message/http``
+  request, exactly as a long-poll would deliver it;
+- application → gateway ``["response", id, message]``: the ``message/http`` response to ``id``,
+  parsed by the same rules as long-poll replies (RH-48..RH-51);
+- gateway → application ``["error", id, text]``: that response was refused (the requestor got 502).
+
+``id`` is the request's single-use slot, so a response is accepted once. Requests in flight when
+the connection drops are answered 502 (never replayed to another poller, like PTTH, PT-07);
+requests not yet sent stay queued for the other pollers. Dead peers are found by the WebSocket
+pings of the server (Daphne pings every 20 s) and of the client library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import msgpack
+
+from .. import capabilities
+from ..addresses import RegistrationAddress
+from ..conf import gateway_settings
+from ..http import Receive, Scope, Send
+from ..protocol.embedded_response import InvalidResponse, parse_embedded_response
+from ..queue.base import Broker, PublicRequest, RegistrationGone, Reply
+from .delivery import take_and_bind
+from .longpoll import BAD_REPLY_MESSAGE
+
+logger = logging.getLogger(__name__)
+
+MAX_CONCURRENCY = 256
+GONE_MESSAGE = "The application disconnected before answering"
+
+
+def pack(kind: str, ident: str, payload: Any) -> bytes:
+    return msgpack.packb([kind, ident, payload], use_bin_type=True)
+
+
+class _Connection:
+    """One application WebSocket: its take loops and its requests in flight."""
+
+    def __init__(self, send: Send, broker: Broker, address: RegistrationAddress) -> None:
+        self.send = send
+        self.broker = broker
+        self.address = address
+        self.gone = asyncio.Event()
+        self.in_flight: dict[str, tuple[PublicRequest, asyncio.Future[None]]] = {}
+        self.loops: list[asyncio.Task[None]] = []
+        self.send_lock = asyncio.Lock()
+
+    async def send_frame(self, kind: str, ident: str, payload: Any) -> None:
+        async with self.send_lock:
+            await self.send({"type": "websocket.send", "bytes": pack(kind, ident, payload)})
+
+    def set_concurrency(self, wanted: int) -> None:
+        self.loops = [loop for loop in self.loops if not loop.done()]
+        while len(self.loops) < wanted:
+            self.loops.append(asyncio.ensure_future(self._take_loop()))
+
+    async def _take_loop(self) -> None:
+        """Take one request, send it, wait for its response; repeat until the socket closes."""
+        while not self.gone.is_set():
+            slot = capabilities.new_slot(self.address.key)
+            try:
+                taken = await take_and_bind(self.broker, self.address.key, slot, self.gone)
+            except RegistrationGone:
+                await self.close(4410, "registration deleted")
+                return
+            if taken is None:
+                continue
+            answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.in_flight[slot] = (taken.request, answered)
+            try:
+                await self.send_frame(
+                    "request", slot, [taken.request.envelope, taken.request.requesting_client]
+                )
+            except Exception:  # the socket broke while writing: never replay (PT-07 rule)
+                self.gone.set()
+                return
+            gone_waiter = asyncio.ensure_future(self.gone.wait())
+            try:
+                await asyncio.wait({answered, gone_waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone_waiter.cancel()
+
+    async def on_response(self, ident: str, message: bytes) -> None:
+        entry = self.in_flight.pop(ident, None)
+        if entry is None:
+            await self.send_frame("error", ident, "Unknown or already answered request id")
+            return
+        request, answered = entry
+        claimed = await self.broker.claim(ident)
+        if not answered.done():
+            answered.set_result(None)
+        if claimed is None:  # expired meanwhile: the requestor already got its 504
+            await self.send_frame("error", ident, "Request no longer pending")
+            return
+        try:
+            parsed = parse_embedded_response(message, request_method=claimed.method)
+        except InvalidResponse as exc:
+            await self.broker.route_reply(claimed, Reply.error(502, BAD_REPLY_MESSAGE))
+            await self.send_frame("error", ident, str(exc))
+            return
+        reply = Reply(parsed.status, parsed.asgi_headers(), parsed.body, parsed.reason)
+        await self.broker.route_reply(claimed, reply)
+
+    async def fail_in_flight(self) -> None:
+        """Requests sent but unanswered when the socket closed: 502, never replayed."""
+        for ident, (_, answered) in list(self.in_flight.items()):
+            claimed = await self.broker.claim(ident)
+            if claimed is not None:
+                await self.broker.route_reply(claimed, Reply.error(502, GONE_MESSAGE))
+            if not answered.done():
+                answered.set_result(None)
+        self.in_flight.clear()
+
+    async def close(self, code: int, reason: str) -> None:
+        self.gone.set()
+        with contextlib.suppress(Exception):
+            async with self.send_lock:
+                await self.send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+async def serve(
+    scope: Scope, receive: Receive, send: Send, broker: Broker, address: RegistrationAddress
+) -> None:
+    """Run one application WebSocket until it closes."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    await send({"type": "websocket.accept"})
+    connection = _Connection(send, broker, address)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            data = message.get("bytes")
+            try:
+                kind, ident, payload = msgpack.unpackb(data, raw=False) if data else (None,) * 3
+            except (ValueError, TypeError, msgpack.ExtraData, msgpack.UnpackException):
+                kind = ident = payload = None
+            if kind == "ready" and isinstance(payload, int) and 1 <= payload <= MAX_CONCURRENCY:
+                connection.set_concurrency(payload)
+            elif kind == "response" and isinstance(ident, str) and isinstance(payload, bytes):
+                if len(payload) > gateway_settings.MAX_BODY_SIZE + 65536:
+                    await connection.send_frame("error", ident, "Response too large")
+                    continue
+                await connection.on_response(ident, payload)
+            else:
+                await connection.close(4400, "invalid frame; see docs/websocket.md")
+                break
+    finally:
+        connection.gone.set()
+        for loop in connection.loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(loop), timeout=gateway_settings.POLL_TIMEOUT)
+        await connection.fail_in_flight()
