@@ -106,6 +106,11 @@ for _name, _cast in [
     ("MAX_BODY_SIZE", int),
     ("EXPIRY_INTERVAL", float),
     ("SHUTDOWN_TIMEOUT", float),
+    ("STREAM_THRESHOLD", int),
+    ("STREAM_CHUNK_SIZE", int),
+    ("STREAM_WINDOW", int),
+    ("MAX_STREAM_SIZE", int),
+    ("PIPELINE_MAX", int),
     ("ENROLMENT", str),
     ("HYPHEN_TOKEN", str),
 ]:
@@ -116,6 +121,9 @@ if os.environ.get("RHGW_PTTH_LISTEN"):  # e.g. "127.0.0.1:8001": serve PTTH upgr
 if "RHGW_PTTH_FORWARDED" in os.environ:
     _forwarded = os.environ["RHGW_PTTH_FORWARDED"].strip().lower()
     REVERSEHTTP_GATEWAY["PTTH_FORWARDED"] = _forwarded not in ("0", "", "false", "no", "off")
+if "RHGW_CORS_ALLOWED_ORIGINS" in os.environ:  # comma-separated, e.g. "http://localhost:3000"
+    _origins = os.environ["RHGW_CORS_ALLOWED_ORIGINS"].split(",")
+    REVERSEHTTP_GATEWAY["CORS_ALLOWED_ORIGINS"] = [o.strip() for o in _origins if o.strip()]
 
 LOGGING = {
     "version": 1,

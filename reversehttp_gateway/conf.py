@@ -40,6 +40,14 @@ DEFAULTS: dict[str, Any] = {
     # The well-known token "-" (RH-92): "shared" (an ordinary secret, like the reference),
     # "random" (treated as no token), "refuse" (400).
     "HYPHEN_TOKEN": "shared",
+    # Bodies larger than this stream through the gateway in chunks instead of being buffered
+    # whole (public requests, and responses on the WebSocket transport).
+    "STREAM_THRESHOLD": 1024 * 1024,
+    # Size of one streamed chunk, and how many chunks may wait per stream (flow control).
+    "STREAM_CHUNK_SIZE": 64 * 1024,
+    "STREAM_WINDOW": 16,
+    # Largest streamed body, in bytes (413 for public requests, 502 for responses).
+    "MAX_STREAM_SIZE": 1024 * 1024 * 1024,
     # Most requests one application/http poll may carry (RH-26); 1 disables pipelining.
     "PIPELINE_MAX": 8,
     # Labels nobody may register (RH-03).
@@ -53,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
     "PTTH_LISTEN": None,
     # Add "Forwarded: for=..." with the requestor's address to requests sent over PTTH (PT-12).
     "PTTH_FORWARDED": True,
+    # Origins whose pages may call the gateway endpoints (everything under SERVICE_PATH) from
+    # another origin: ["https://app.example"], or ["*"] for any; [] sends no CORS headers.
+    "CORS_ALLOWED_ORIGINS": [],
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -154,6 +165,22 @@ class GatewaySettings:
         return str(self._get("HYPHEN_TOKEN"))
 
     @property
+    def STREAM_THRESHOLD(self) -> int:
+        return int(self._get("STREAM_THRESHOLD"))
+
+    @property
+    def STREAM_CHUNK_SIZE(self) -> int:
+        return int(self._get("STREAM_CHUNK_SIZE"))
+
+    @property
+    def STREAM_WINDOW(self) -> int:
+        return int(self._get("STREAM_WINDOW"))
+
+    @property
+    def MAX_STREAM_SIZE(self) -> int:
+        return int(self._get("MAX_STREAM_SIZE"))
+
+    @property
     def PIPELINE_MAX(self) -> int:
         return int(self._get("PIPELINE_MAX"))
 
@@ -177,6 +204,14 @@ class GatewaySettings:
     @property
     def PTTH_FORWARDED(self) -> bool:
         return bool(self._get("PTTH_FORWARDED"))
+
+    @property
+    def CORS_ALLOWED_ORIGINS(self) -> tuple[str, ...]:
+        """Allowed origins, lower-cased; () when unset or malformed (check E008 reports it)."""
+        value = self._get("CORS_ALLOWED_ORIGINS")
+        if not isinstance(value, list | tuple):
+            return ()
+        return tuple(str(origin).strip().lower() for origin in value)
 
     def public_url(self, label: str) -> str:
         """The public URL of ``label`` in the configured mode (RH-13)."""

@@ -2,32 +2,43 @@
 
 Path mode serves ``/{label}/...``; vhost mode serves ``Host: {label}.{VHOST_DOMAIN}``. The
 embedded request keeps the raw target, so path-mode applications see ``/{label}/...`` (RH-27).
+Bodies over ``STREAM_THRESHOLD`` are not buffered: they flow through a broker stream in chunks
+(docs/streaming.md), and so do streamed responses.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import secrets
 import time
 
 from .conf import gateway_settings
 from .http import (
-    BodyTooLarge,
     ClientDisconnected,
+    Message,
     Receive,
     Scope,
     Send,
     header,
-    read_body,
     respond,
     respond_error,
     watch_disconnect,
 )
 from .protocol.client_address import format_requesting_client
 from .protocol.embedded_request import build_embedded_request
-from .queue.base import Broker, PublicRequest, now
+from .queue.base import Broker, PublicRequest, Reply, StreamAborted, now
 from .queue.relay import relay
 
 access_log = logging.getLogger("reversehttp_gateway.access")
+logger = logging.getLogger(__name__)
+
+TOO_LARGE = "Request body too large"
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def _raw_target(scope: Scope) -> bytes:
@@ -41,6 +52,11 @@ def _default_host(scope: Scope) -> bytes:
     if server and server[1] is not None:
         return f"{server[0]}:{server[1]}".encode()
     return b"localhost"
+
+
+def _declared_length(scope: Scope) -> int | None:
+    value = header(scope, b"content-length")
+    return int(value) if value is not None and value.strip().isdigit() else None
 
 
 async def handle(scope: Scope, receive: Receive, send: Send, broker: Broker, label: str) -> int:
@@ -57,6 +73,63 @@ async def handle(scope: Scope, receive: Receive, send: Send, broker: Broker, lab
         (time.monotonic() - started) * 1000,
     )
     return status
+
+
+async def _read_head_of_body(receive: Receive, threshold: int) -> tuple[list[bytes], bool]:
+    """Body chunks up to just past ``threshold`` bytes, and whether the body ended."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if not message.get("more_body", False):
+            return chunks, True
+        if size > threshold:
+            return chunks, False
+
+
+async def _pump_body(
+    broker: Broker, stream: str, first: list[bytes], receive: Receive, gone: asyncio.Event
+) -> None:
+    """Write the rest of a streamed request body to ``stream``, then watch for disconnect."""
+    chunk_size = gateway_settings.STREAM_CHUNK_SIZE
+    limit = gateway_settings.MAX_STREAM_SIZE
+    size = 0
+
+    async def write(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > limit:
+            raise _TooLarge
+        for start in range(0, len(data), chunk_size):
+            await broker.stream_write(stream, data[start : start + chunk_size])
+
+    try:
+        for data in first:
+            await write(data)
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+                await broker.stream_write(stream, abort="The requestor disconnected")
+                return
+            await write(message.get("body", b""))
+            if not message.get("more_body", False):
+                await broker.stream_write(stream, end=True)
+                break
+    except _TooLarge:
+        await broker.stream_write(stream, abort=TOO_LARGE)
+        return
+    except (TimeoutError, StreamAborted):
+        return  # nobody reads the body (the request timed out or its reader left)
+    while True:  # like http.watch_disconnect, once the body is through
+        if (await receive())["type"] == "http.disconnect":
+            gone.set()
+            return
 
 
 async def _relay(scope: Scope, receive: Receive, send: Send, broker: Broker, label: str) -> int:
@@ -83,15 +156,21 @@ async def _relay(scope: Scope, receive: Receive, send: Send, broker: Broker, lab
     if requesting_client is None:
         await respond_error(send, 400, "Could not determine your IP address")  # RH-61
         return 400
-    try:
-        body = await read_body(scope, receive, gateway_settings.MAX_BODY_SIZE)
-    except BodyTooLarge:
-        await respond_error(
-            send, 413, "Request body too large", headers=[(b"connection", b"close")]
-        )
+    declared = _declared_length(scope)
+    threshold = gateway_settings.STREAM_THRESHOLD
+    if declared is not None and declared > max(
+        gateway_settings.MAX_STREAM_SIZE, gateway_settings.MAX_BODY_SIZE
+    ):
+        await respond_error(send, 413, TOO_LARGE, headers=[(b"connection", b"close")])
         return 413
+    try:
+        chunks, ended = await _read_head_of_body(receive, threshold)
     except ClientDisconnected:
         return 499
+    body = b"".join(chunks) if ended else b""
+    if ended and len(body) > gateway_settings.MAX_BODY_SIZE:
+        await respond_error(send, 413, TOO_LARGE, headers=[(b"connection", b"close")])
+        return 413
     try:
         envelope = build_embedded_request(
             method=method,
@@ -100,6 +179,7 @@ async def _relay(scope: Scope, receive: Receive, send: Send, broker: Broker, lab
             headers=scope["headers"],
             body=body,
             default_host=_default_host(scope),
+            streamed=not ended,
         )
     except ValueError as exc:
         await respond_error(send, 400, f"Request cannot be relayed: {exc}")
@@ -109,8 +189,16 @@ async def _relay(scope: Scope, receive: Receive, send: Send, broker: Broker, lab
         requesting_client=requesting_client,
         method=method,
         deadline=now() + gateway_settings.REPLY_TIMEOUT,
+        body_stream="" if ended else "q" + secrets.token_hex(16),
+        body_length=None if ended else declared,
     )
-    gone, watcher = watch_disconnect(receive)
+    if ended:
+        gone, watcher = watch_disconnect(receive)
+    else:
+        gone = asyncio.Event()
+        watcher = asyncio.ensure_future(
+            _pump_body(broker, request.body_stream, chunks, receive, gone)
+        )
     runtime.in_flight += 1
     try:
         reply = await relay(
@@ -121,10 +209,39 @@ async def _relay(scope: Scope, receive: Receive, send: Send, broker: Broker, lab
             reply_timeout=gateway_settings.REPLY_TIMEOUT,
             client_gone=gone,
         )
+        if reply is None:
+            return 499
+        if reply.stream:
+            await _send_streamed(send, broker, reply, gone, head=method == "HEAD")
+        else:
+            await respond(send, reply.status, reply.headers, reply.body, head=method == "HEAD")
+        return reply.status
     finally:
         runtime.in_flight -= 1
         watcher.cancel()
-    if reply is None:
-        return 499
-    await respond(send, reply.status, reply.headers, reply.body, head=method == "HEAD")
-    return reply.status
+        if request.body_stream:
+            with contextlib.suppress(Exception):
+                await broker.stream_discard(request.body_stream)
+
+
+async def _send_streamed(
+    send: Send, broker: Broker, reply: Reply, gone: asyncio.Event, *, head: bool
+) -> None:
+    """Send a reply whose body arrives on a broker stream, chunk by chunk."""
+    await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+    try:
+        while True:
+            chunk, last = await broker.stream_read(reply.stream, gateway_settings.REPLY_TIMEOUT)
+            if last:
+                break
+            if gone.is_set():  # the requestor left: the application is told to stop
+                raise StreamAborted("The requestor disconnected")
+            if not head:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except (TimeoutError, StreamAborted) as exc:
+        # The status is sent already: ending without the final body message makes the server
+        # close the connection, which tells the client the body is incomplete.
+        logger.warning("Streamed response %s broke off: %s", reply.stream, exc)
+        await broker.stream_discard(reply.stream)
+        return
+    await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -20,10 +20,17 @@ def build_broker() -> Broker:
     if gateway_settings.BROKER == "redis":
         from .queue.redis_broker import RedisBroker
 
-        return RedisBroker(gateway_settings.REDIS_URL, gateway_settings.REDIS_PREFIX)
+        return RedisBroker(
+            gateway_settings.REDIS_URL,
+            gateway_settings.REDIS_PREFIX,
+            stream_window=gateway_settings.STREAM_WINDOW,
+            stream_timeout=gateway_settings.REPLY_TIMEOUT,
+        )
     from .queue.memory import MemoryBroker
 
-    return MemoryBroker()
+    return MemoryBroker(
+        stream_window=gateway_settings.STREAM_WINDOW, stream_timeout=gateway_settings.REPLY_TIMEOUT
+    )
 
 
 class Runtime:

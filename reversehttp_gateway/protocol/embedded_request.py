@@ -12,6 +12,7 @@ __all__ = [
     "build_embedded_request",
     "hop_by_hop_names",
     "split_embedded_request",
+    "with_content_length",
 ]
 
 HOP_BY_HOP: frozenset[bytes] = frozenset(
@@ -65,6 +66,7 @@ def build_embedded_request(
     headers: Iterable[tuple[bytes, bytes]],
     body: bytes,
     default_host: bytes,
+    streamed: bool = False,
 ) -> bytes:
     """Serialise a third-party request as the body of a ``message/http`` poll response.
 
@@ -73,7 +75,9 @@ def build_embedded_request(
     duplicates stay separate lines in their original order (RH-38), hop-by-hop headers and any
     incoming ``Content-Length`` are dropped (RH-39), ``Host: default_host`` is put first when no
     ``Host`` was given (RH-36), and ``Content-Length`` is added last when ``body`` is non-empty or
-    the method is POST, PUT or PATCH (RH-37). Lines end with CRLF (RH-35).
+    the method is POST, PUT or PATCH (RH-37). Lines end with CRLF (RH-35). With
+    ``streamed=True`` no ``Content-Length`` is written: the body follows separately and the
+    transport adds the framing (:func:`with_content_length`).
 
     Raises:
         ValueError: ``method`` or a header name is not an HTTP token, ``target`` is empty or
@@ -99,9 +103,14 @@ def build_embedded_request(
     if not any(name == b"host" for name, _ in kept):
         lines.append(b"Host: " + default_host)
     lines.extend(_canonical_name(name) + b": " + value for name, value in kept)
-    if body or method in _BODY_METHODS:
+    if not streamed and (body or method in _BODY_METHODS):
         lines.append(b"Content-Length: " + str(len(body)).encode("ascii"))
     return _CRLF.join(lines) + _CRLF + _CRLF + body
+
+
+def with_content_length(head: bytes, length: int) -> bytes:
+    """Add ``Content-Length`` to a head built with ``streamed=True`` (ends with CRLF CRLF)."""
+    return head[:-2] + b"Content-Length: " + str(length).encode("ascii") + _CRLF + _CRLF
 
 
 class EmbeddedRequest(NamedTuple):

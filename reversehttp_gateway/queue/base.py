@@ -29,6 +29,10 @@ class PublicRequest:
     request_id: str = ""
     origin: str = ""
     key: str = ""
+    # A streamed body: the envelope is the head only (no Content-Length) and the body arrives
+    # on the broker stream ``body_stream``; ``body_length`` is the declared length, if any.
+    body_stream: str = ""
+    body_length: int | None = None
 
 
 @dataclass(slots=True)
@@ -39,17 +43,19 @@ class Reply:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     reason: bytes = b""
+    # A streamed body: ``body`` is empty and the chunks arrive on this broker stream.
+    stream: str = ""
 
     def pack(self) -> bytes:
         return msgpack.packb(
-            [self.status, self.reason, [list(h) for h in self.headers], self.body],
+            [self.status, self.reason, [list(h) for h in self.headers], self.body, self.stream],
             use_bin_type=True,
         )
 
     @classmethod
     def unpack(cls, data: bytes) -> Reply:
-        status, reason, headers, body = msgpack.unpackb(data, raw=False)
-        return cls(status, [(bytes(n), bytes(v)) for n, v in headers], body, reason)
+        status, reason, headers, body, stream = msgpack.unpackb(data, raw=False)
+        return cls(status, [(bytes(n), bytes(v)) for n, v in headers], body, reason, stream)
 
     @classmethod
     def error(cls, status: int, message: str, *, retry_after: int | None = None) -> Reply:
@@ -59,6 +65,10 @@ class Reply:
         if retry_after is not None:
             headers.append((b"retry-after", str(retry_after).encode()))
         return cls(status, headers, body)
+
+
+class StreamAborted(Exception):
+    """The writer of a stream gave up; ``str()`` says why."""
 
 
 @dataclass(slots=True)
@@ -172,6 +182,31 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def activity(self, keys: list[str]) -> dict[str, Activity]: ...
+
+    # Streams: a bounded byte channel per streamed body, between any two processes.
+    @abc.abstractmethod
+    async def stream_write(
+        self, stream: str, chunk: bytes = b"", *, end: bool = False, abort: str = ""
+    ) -> None:
+        """Append ``chunk`` (then the end mark, or an abort) to ``stream``.
+
+        Waits while ``STREAM_WINDOW`` chunks are unread; raises ``TimeoutError`` when the
+        reader does not catch up within ``timeout`` seconds of stream inactivity.
+        """
+
+    @abc.abstractmethod
+    async def stream_read(self, stream: str, timeout: float) -> tuple[bytes, bool]:
+        """The next chunk and whether it was the last; raises ``TimeoutError`` or
+        ``StreamAborted``."""
+
+    @abc.abstractmethod
+    async def stream_discard(self, stream: str) -> None:
+        """Drop what is left of ``stream`` (its reader or writer gave up)."""
+
+    @abc.abstractmethod
+    async def store_envelope(self, request: PublicRequest) -> None:
+        """Replace the stored envelope of a taken request (after a transport buffered its
+        streamed body), so that a re-delivery (RH-29) sends the whole request again."""
 
     async def housekeeping(self) -> None:  # noqa: B027 (optional hook)
         """Periodic clean-up (called by the lease keeper); nothing by default."""

@@ -12,18 +12,24 @@ from .base import (
     PublicRequest,
     RegistrationGone,
     Reply,
+    StreamAborted,
     Taken,
     Ticket,
     now,
 )
 
 QUEUE_GONE_MESSAGE = "The application's registration was deleted"
+_DATA, _END, _ABORT = 0, 1, 2
 
 
 class MemoryBroker(Broker):
     """In-process queues: one deque of requests and one deque of waiting pollers per key."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, stream_window: int = 16, stream_timeout: float = 60.0) -> None:
+        self._stream_window = stream_window
+        self._stream_timeout = stream_timeout
+        self._streams: dict[str, asyncio.Queue[tuple[bytes, int]]] = {}
+        self._dropped: dict[str, float] = {}
         self._labels: dict[str, str] = {}
         self._keys: dict[str, str] = {}
         self._queues: dict[str, collections.deque[PublicRequest]] = collections.defaultdict(
@@ -189,8 +195,47 @@ class MemoryBroker(Broker):
             for key in keys
         }
 
+    def _stream(self, name: str) -> asyncio.Queue[tuple[bytes, int]]:
+        queue = self._streams.get(name)
+        if queue is None:
+            queue = self._streams[name] = asyncio.Queue(maxsize=self._stream_window)
+        return queue
+
+    async def stream_write(
+        self, stream: str, chunk: bytes = b"", *, end: bool = False, abort: str = ""
+    ) -> None:
+        if stream in self._dropped:
+            raise StreamAborted("The reader left")
+        queue = self._stream(stream)
+        items = [(chunk, _DATA)] if chunk else []
+        if end:
+            items.append((b"", _END))
+        if abort:
+            items.append((abort.encode(), _ABORT))
+        for item in items:
+            await asyncio.wait_for(queue.put(item), self._stream_timeout)
+
+    async def stream_read(self, stream: str, timeout: float) -> tuple[bytes, bool]:
+        data, kind = await asyncio.wait_for(self._stream(stream).get(), timeout)
+        if kind == _DATA:
+            return data, False
+        self._streams.pop(stream, None)
+        if kind == _ABORT:
+            raise StreamAborted(data.decode())
+        return b"", True
+
+    async def stream_discard(self, stream: str) -> None:
+        self._streams.pop(stream, None)
+        self._dropped[stream] = now()
+
+    async def store_envelope(self, request: PublicRequest) -> None:
+        return None  # the queued object is the caller's object
+
     async def housekeeping(self) -> None:
         moment = now()
+        for stream, dropped_at in list(self._dropped.items()):
+            if dropped_at < moment - self._stream_timeout:
+                del self._dropped[stream]
         for request_id, request in list(self._live.items()):
             if request.deadline < moment - 5:
                 del self._live[request_id]

@@ -38,6 +38,7 @@ from .base import (
     PublicRequest,
     RegistrationGone,
     Reply,
+    StreamAborted,
     Taken,
     Ticket,
     now,
@@ -71,7 +72,17 @@ class _Dispatcher:
 class RedisBroker(Broker):
     """Queues and reply routing in Redis, shared by every gateway process."""
 
-    def __init__(self, url: str, prefix: str = "rhgw", *, max_connections: int = 2000) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "rhgw",
+        *,
+        max_connections: int = 2000,
+        stream_window: int = 16,
+        stream_timeout: float = 60.0,
+    ) -> None:
+        self._stream_window = stream_window
+        self._stream_timeout = stream_timeout
         self._url = url
         self._prefix = prefix
         self._proc = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
@@ -241,6 +252,8 @@ class RedisBroker(Broker):
                         "deadline": repr(request.deadline),
                         "origin": self._proc,
                         "key": key,
+                        "stream": request.body_stream,
+                        "length": "" if request.body_length is None else request.body_length,
                     },
                 )
                 pipe.expire(record, ttl)
@@ -311,35 +324,44 @@ class RedisBroker(Broker):
         """Pop ``q:<key>`` while local pollers wait; hand each live request to the oldest one."""
         queue, taking = self._k("q", key), self._k("taking", self._proc)
         try:
-            while dispatcher.has_waiters() and not self._closing:
-                try:
-                    await self._heartbeat(key, dispatcher)
-                    request_id = await self._redis.blmove(
-                        queue, taking, BLOCK_SECONDS, "RIGHT", "LEFT"
-                    )
-                    if request_id is None:
-                        continue
-                    request = await self._load(request_id.decode())
-                    if request is None:
-                        await self._redis.lrem(taking, 1, request_id)
-                        continue
-                    taken = Taken(key, request)
-                    while dispatcher.has_waiters():
-                        waiter = dispatcher.waiters.popleft()
-                        if not waiter.done():
-                            waiter.set_result(taken)
-                            break
-                    else:
-                        await self._requeue(key, request.request_id)
-                except RedisError as exc:
-                    logger.warning("Redis error while dispatching %s: %s", key, exc)
-                    await asyncio.sleep(0.5)
+            while not self._closing:
+                while dispatcher.has_waiters() and not self._closing:
+                    await self._pop_and_hand_over(key, dispatcher, queue, taking)
+                # Idle: withdraw this process from the key's pollers. A poller that arrived
+                # meanwhile found this task still running, so look again before leaving.
+                with contextlib.suppress(RedisError):
+                    await self._redis.zrem(self._k("disp", key), self._proc)
+                    await self._redis.set(self._k("seen", key), repr(now()))
+                dispatcher.last_heartbeat = 0.0
+                if not dispatcher.has_waiters():
+                    break
         finally:
-            with contextlib.suppress(RedisError):
-                await self._redis.zrem(self._k("disp", key), self._proc)
-                await self._redis.set(self._k("seen", key), repr(now()))
+            # No await between the last check and this: take() cannot slip in between.
             if self._dispatchers.get(key) is dispatcher and not dispatcher.has_waiters():
                 del self._dispatchers[key]
+
+    async def _pop_and_hand_over(
+        self, key: str, dispatcher: _Dispatcher, queue: str, taking: str
+    ) -> None:
+        try:
+            await self._heartbeat(key, dispatcher)
+            request_id = await self._redis.blmove(queue, taking, BLOCK_SECONDS, "RIGHT", "LEFT")
+            if request_id is None:
+                return
+            request = await self._load(request_id.decode())
+            if request is None:
+                await self._redis.lrem(taking, 1, request_id)
+                return
+            taken = Taken(key, request)
+            while dispatcher.has_waiters():
+                waiter = dispatcher.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(taken)
+                    return
+            await self._requeue(key, request.request_id)
+        except RedisError as exc:
+            logger.warning("Redis error while dispatching %s: %s", key, exc)
+            await asyncio.sleep(0.5)
 
     async def _heartbeat(self, key: str, dispatcher: _Dispatcher) -> None:
         moment = now()
@@ -367,6 +389,8 @@ class RedisBroker(Broker):
             request_id=request_id,
             origin=data[b"origin"].decode(),
             key=data[b"key"].decode(),
+            body_stream=data.get(b"stream", b"").decode(),
+            body_length=int(data[b"length"]) if data.get(b"length") else None,
         )
 
     async def _requeue(self, key: str, request_id: str) -> None:
@@ -445,6 +469,64 @@ class RedisBroker(Broker):
             )
             for i, key in enumerate(keys)
         }
+
+    async def stream_write(
+        self, stream: str, chunk: bytes = b"", *, end: bool = False, abort: str = ""
+    ) -> None:
+        key = self._k("stream", stream)
+        items = [b"D" + chunk] if chunk else []
+        if end:
+            items.append(b"E")
+        if abort:
+            items.append(b"A" + abort.encode())
+        if not items:
+            return
+        ttl = int(self._stream_timeout) + RECORD_GRACE
+        async with self._guard():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.exists(key + ":dropped")
+                pipe.rpush(key, *items)
+                pipe.expire(key, ttl)
+                dropped, length, _ = await pipe.execute()
+            if dropped:
+                await self._redis.delete(key)
+                raise StreamAborted("The reader left")
+            # Flow control: return only once the reader is back under the window.
+            deadline, pause = now() + self._stream_timeout, 0.002
+            while length > self._stream_window:
+                if now() > deadline:
+                    raise TimeoutError(f"stream {stream} not read")
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.05)
+                length = await self._redis.llen(key)
+
+    async def stream_read(self, stream: str, timeout: float) -> tuple[bytes, bool]:
+        key = self._k("stream", stream)
+        async with self._guard():
+            popped = await self._redis.blpop([key], timeout=max(timeout, 0.01))
+        if popped is None:
+            raise TimeoutError(f"stream {stream} idle")
+        value = popped[1]
+        if value[:1] == b"D":
+            return value[1:], False
+        await self._redis.delete(key)
+        if value[:1] == b"A":
+            raise StreamAborted(value[1:].decode())
+        return b"", True
+
+    async def stream_discard(self, stream: str) -> None:
+        key = self._k("stream", stream)
+        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.set(key + ":dropped", 1, ex=int(self._stream_timeout) + RECORD_GRACE)
+            await pipe.execute()
+
+    async def store_envelope(self, request: PublicRequest) -> None:
+        async with self._guard():
+            await self._redis.hset(
+                self._k("req", request.request_id),
+                mapping={"env": request.envelope, "stream": request.body_stream},
+            )
 
     @contextlib.asynccontextmanager
     async def _guard(self):  # type: ignore[no-untyped-def]

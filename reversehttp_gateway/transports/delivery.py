@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from ..conf import gateway_settings
-from ..queue.base import Broker, Taken
+from ..protocol.embedded_request import with_content_length
+from ..queue.base import Broker, Reply, StreamAborted, Taken
 
 
 class SlotBusy(Exception):
@@ -32,3 +33,44 @@ async def take_and_bind(
         await broker.put_back(taken)
         raise SlotBusy
     return taken
+
+
+async def buffer_streamed_body(broker: Broker, taken: Taken, slot: str) -> bool:
+    """For transports that need whole messages: read a streamed body into the envelope.
+
+    Returns False when the body cannot be had (too large for ``MAX_BODY_SIZE``, aborted by the
+    requestor, or stalled); the requestor then already has its error reply.
+    """
+    request = taken.request
+    if not request.body_stream:
+        return True
+    chunks: list[bytes] = []
+    size = 0
+    failure: Reply | None = None
+    try:
+        while True:
+            chunk, last = await broker.stream_read(
+                request.body_stream, gateway_settings.REPLY_TIMEOUT
+            )
+            if last:
+                break
+            size += len(chunk)
+            if size > gateway_settings.MAX_BODY_SIZE:
+                failure = Reply.error(413, "Request body too large for this transport")
+                await broker.stream_discard(request.body_stream)
+                break
+            chunks.append(chunk)
+    except StreamAborted as exc:
+        failure = Reply.error(413 if "too large" in str(exc) else 400, str(exc))
+    except TimeoutError:
+        failure = Reply.error(408, "The request body did not arrive in time")
+    if failure is not None:
+        claimed = await broker.claim(slot)
+        if claimed is not None:
+            await broker.route_reply(claimed, failure)
+        return False
+    body = b"".join(chunks)
+    request.envelope = with_content_length(request.envelope, len(body)) + body
+    request.body_stream = ""
+    await broker.store_envelope(request)
+    return True

@@ -28,7 +28,7 @@ from ..http import (
 )
 from ..protocol.json_events import InvalidReplyEvent, parse_reply_event, request_event
 from ..queue.base import Broker, RegistrationGone, Reply
-from .delivery import take_and_bind
+from .delivery import buffer_streamed_body, take_and_bind
 from .longpoll import BAD_REPLY_MESSAGE
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ async def json_poll(
         return
     finally:
         watcher.cancel()
+    if taken is not None and not await buffer_streamed_body(broker, taken, slot):
+        taken = None
     if taken is None:
         if not gone.is_set():
             await respond(send, 200, JSON, b"{}")  # CJ-03

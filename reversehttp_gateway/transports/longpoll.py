@@ -31,7 +31,7 @@ from ..protocol.embedded_response import (
     parse_embedded_responses,
 )
 from ..queue.base import Broker, PublicRequest, RegistrationGone, Reply, Taken
-from .delivery import SlotBusy, take_and_bind
+from .delivery import SlotBusy, buffer_streamed_body, take_and_bind
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +90,12 @@ async def _take_more(broker: Broker, key: str, slot: str) -> list[Taken]:
         taken = await broker.take_nowait(key)
         if taken is None:
             break
-        if not await broker.bind(_batch_slot(slot, len(more) + 1), taken, 0):
+        batch_slot = _batch_slot(slot, len(more) + 1)
+        if not await broker.bind(batch_slot, taken, 0):
             await broker.put_back(taken)
             break
+        if not await buffer_streamed_body(broker, taken, batch_slot):
+            break  # answered with an error; the batch ends before it
         more.append(taken)
     return more
 
@@ -125,6 +128,8 @@ async def poll(
             return
         finally:
             watcher.cancel()
+        if taken is not None and not await buffer_streamed_body(broker, taken, first_slot):
+            taken = None  # its requestor got the error; this poller simply polls again
         if taken is None:
             if not gone.is_set():  # RH-22: the same URL stays valid after a 204
                 link = f'<{address.request_url(slot)}>; rel="next"'.encode()

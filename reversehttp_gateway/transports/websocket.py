@@ -4,11 +4,19 @@
 array ``[kind, id, payload]``:
 
 - application → gateway ``["ready", "", n]``: serve up to ``n`` requests at once (1..256);
-- gateway → application ``["request", id, [envelope, requesting_client]]``: a ``message/http``
-  request, exactly as a long-poll would deliver it;
+- gateway → application ``["request", id, [envelope, requesting_client, streamed]]``: a
+  ``message/http`` request, exactly as a long-poll would deliver it; when ``streamed`` is
+  true the envelope is the head only, and ``["body", id, chunk]`` frames follow, then
+  ``["end", id, b""]``;
 - application → gateway ``["response", id, message]``: the ``message/http`` response to ``id``,
-  parsed by the same rules as long-poll replies (RH-48..RH-51);
-- gateway → application ``["error", id, text]``: that response was refused (the requestor got 502).
+  parsed by the same rules as long-poll replies (RH-48..RH-51); or, streamed,
+  ``["response-start", id, head]``, ``["body", id, chunk]``…, ``["end", id, b""]``;
+- gateway → application ``["error", id, text]``: that request or response was cancelled or
+  refused (the requestor got an error status);
+- either way ``["window", id, n]``: flow control for streamed bodies, as in HTTP/2. The sender
+  of a streamed body may have ``INITIAL_WINDOW`` bytes unacknowledged; each ``window`` frame
+  from the receiver allows ``n`` more. The gateway grants a streamed response its initial
+  window with the ``window`` frame that answers ``response-start``.
 
 ``id`` is the request's single-use slot, so a response is accepted once. Requests in flight when
 the connection drops are answered 502 (never replayed to another poller, like PTTH, PT-07);
@@ -30,13 +38,14 @@ from ..addresses import RegistrationAddress
 from ..conf import gateway_settings
 from ..http import Receive, Scope, Send
 from ..protocol.embedded_response import InvalidResponse, parse_embedded_response
-from ..queue.base import Broker, PublicRequest, RegistrationGone, Reply
+from ..queue.base import Broker, PublicRequest, RegistrationGone, Reply, StreamAborted
 from .delivery import take_and_bind
 from .longpoll import BAD_REPLY_MESSAGE
 
 logger = logging.getLogger(__name__)
 
 MAX_CONCURRENCY = 256
+INITIAL_WINDOW = 1024 * 1024
 GONE_MESSAGE = "The application disconnected before answering"
 
 
@@ -55,6 +64,9 @@ class _Connection:
         self.in_flight: dict[str, tuple[PublicRequest, asyncio.Future[None]]] = {}
         self.loops: list[asyncio.Task[None]] = []
         self.send_lock = asyncio.Lock()
+        self.response_streams: dict[str, tuple[str, int]] = {}  # id -> (stream, bytes so far)
+        self.credit: dict[str, int] = {}  # request bodies: bytes the application still accepts
+        self.credit_changed: dict[str, asyncio.Event] = {}
 
     async def send_frame(self, kind: str, ident: str, payload: Any) -> None:
         async with self.send_lock:
@@ -78,10 +90,15 @@ class _Connection:
                 continue
             answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.in_flight[slot] = (taken.request, answered)
+            request = taken.request
             try:
                 await self.send_frame(
-                    "request", slot, [taken.request.envelope, taken.request.requesting_client]
+                    "request",
+                    slot,
+                    [request.envelope, request.requesting_client, bool(request.body_stream)],
                 )
+                if request.body_stream:
+                    await self._send_body(slot, request)
             except Exception:  # the socket broke while writing: never replay (PT-07 rule)
                 self.gone.set()
                 return
@@ -90,6 +107,96 @@ class _Connection:
                 await asyncio.wait({answered, gone_waiter}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 gone_waiter.cancel()
+
+    def grant(self, ident: str, amount: int) -> None:
+        """A ``window`` frame from the application for a streamed request body."""
+        if ident in self.credit:
+            self.credit[ident] += amount
+            self.credit_changed[ident].set()
+
+    async def _wait_for_credit(self, ident: str, needed: int) -> None:
+        changed = self.credit_changed[ident]
+        while self.credit[ident] < needed and not self.gone.is_set():
+            changed.clear()
+            await asyncio.wait_for(changed.wait(), gateway_settings.REPLY_TIMEOUT)
+        self.credit[ident] -= needed
+
+    async def _send_body(self, slot: str, request: PublicRequest) -> None:
+        """Forward a streamed request body as ``body`` frames within the window, then ``end``."""
+        self.credit[slot] = INITIAL_WINDOW
+        self.credit_changed[slot] = asyncio.Event()
+        try:
+            while True:
+                chunk, last = await self.broker.stream_read(
+                    request.body_stream, gateway_settings.REPLY_TIMEOUT
+                )
+                if last:
+                    await self.send_frame("end", slot, b"")
+                    return
+                await self._wait_for_credit(slot, len(chunk))
+                await self.send_frame("body", slot, chunk)
+        except (StreamAborted, TimeoutError) as exc:
+            reason = str(exc) or "The request body did not arrive in time"
+            self.in_flight.pop(slot, None)
+            claimed = await self.broker.claim(slot)
+            if claimed is not None:
+                status = 413 if "too large" in reason else 400
+                await self.broker.route_reply(claimed, Reply.error(status, reason))
+            await self.send_frame("error", slot, reason)
+        finally:
+            self.credit.pop(slot, None)
+            self.credit_changed.pop(slot, None)
+
+    async def on_response_start(self, ident: str, head: bytes) -> None:
+        """The head of a streamed response: answer the requestor now, the body follows."""
+        entry = self.in_flight.get(ident)
+        claimed = await self.broker.claim(ident) if entry is not None else None
+        if claimed is None:
+            self._finish(ident)
+            await self.send_frame("error", ident, "Unknown or already answered request id")
+            return
+        try:
+            parsed = parse_embedded_response(head, request_method="HEAD")
+        except InvalidResponse as exc:
+            await self.broker.route_reply(claimed, Reply.error(502, BAD_REPLY_MESSAGE))
+            self._finish(ident)
+            await self.send_frame("error", ident, str(exc))
+            return
+        stream = "r" + claimed.request_id
+        self.response_streams[ident] = (stream, 0)
+        reply = Reply(parsed.status, parsed.asgi_headers(), b"", parsed.reason, stream=stream)
+        await self.broker.route_reply(claimed, reply)
+        await self.send_frame("window", ident, INITIAL_WINDOW)
+
+    async def on_body(self, ident: str, chunk: bytes, *, end: bool) -> None:
+        """A chunk (or the end) of a streamed response."""
+        entry = self.response_streams.get(ident)
+        if entry is None:
+            return  # cancelled earlier; the application was told with an error frame
+        stream, size = entry
+        size += len(chunk)
+        try:
+            if size > gateway_settings.MAX_STREAM_SIZE:
+                await self.broker.stream_write(stream, abort="Response too large")
+                raise StreamAborted("Response too large")
+            await self.broker.stream_write(stream, chunk, end=end)
+        except (StreamAborted, TimeoutError) as exc:
+            self.response_streams.pop(ident, None)
+            self._finish(ident)
+            await self.send_frame("error", ident, str(exc) or "The requestor stopped reading")
+            return
+        if end:
+            self.response_streams.pop(ident, None)
+            self._finish(ident)
+        else:
+            self.response_streams[ident] = (stream, size)
+            if chunk:  # the requestor's side took it: the application may send as much again
+                await self.send_frame("window", ident, len(chunk))
+
+    def _finish(self, ident: str) -> None:
+        entry = self.in_flight.pop(ident, None)
+        if entry is not None and not entry[1].done():
+            entry[1].set_result(None)
 
     async def on_response(self, ident: str, message: bytes) -> None:
         entry = self.in_flight.pop(ident, None)
@@ -114,6 +221,10 @@ class _Connection:
 
     async def fail_in_flight(self) -> None:
         """Requests sent but unanswered when the socket closed: 502, never replayed."""
+        for stream, _ in self.response_streams.values():
+            with contextlib.suppress(Exception):
+                await self.broker.stream_write(stream, abort=GONE_MESSAGE)
+        self.response_streams.clear()
         for ident, (_, answered) in list(self.in_flight.items()):
             claimed = await self.broker.claim(ident)
             if claimed is not None:
@@ -155,6 +266,12 @@ async def serve(
                     await connection.send_frame("error", ident, "Response too large")
                     continue
                 await connection.on_response(ident, payload)
+            elif kind == "response-start" and isinstance(ident, str) and isinstance(payload, bytes):
+                await connection.on_response_start(ident, payload)
+            elif kind == "window" and isinstance(ident, str) and isinstance(payload, int):
+                connection.grant(ident, payload)
+            elif kind in ("body", "end") and isinstance(ident, str) and isinstance(payload, bytes):
+                await connection.on_body(ident, payload, end=kind == "end")
             else:
                 await connection.close(4400, "invalid frame; see docs/websocket.md")
                 break

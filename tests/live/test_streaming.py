@@ -1,0 +1,183 @@
+"""Streaming bodies (issue 4): large requests and responses flow in chunks, bounded in memory."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+import httpx
+import msgpack
+import pytest
+import websockets
+
+from ..rh import envelope, register, unique_label
+from .test_websocket import frame, ws_url
+
+pytestmark = pytest.mark.asyncio
+
+STREAMING = {"STREAM_THRESHOLD": "65536", "MAX_BODY_SIZE": "4194304"}
+MIB = 1024 * 1024
+
+
+def peak_rss(pid: int) -> int:
+    """VmHWM of a process we started, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def pattern(size: int) -> bytes:
+    block = bytes(range(256)) * 256  # 64 KiB, not compressible to nothing
+    return (block * (size // len(block) + 1))[:size]
+
+
+async def streaming_app(ws, *, chunk: int = 256 * 1024) -> None:
+    """Answers each request by streaming back its body (and its SHA-256 in a header), or, for
+    GET /big/<n>, n MiB of pattern data; honours the gateway's flow-control windows."""
+    bodies: dict[str, list[bytes]] = {}
+    heads: dict[str, bytes] = {}
+    credit: dict[str, int] = {}
+    credit_changed: dict[str, asyncio.Event] = {}
+    tasks: set[asyncio.Task] = set()
+
+    async def answer(ident: str) -> None:
+        head = heads.pop(ident)
+        target = head.split(b" ")[1]
+        body = b"".join(bodies.pop(ident))
+        size = int(target.rsplit(b"/", 1)[1]) * MIB if b"/big/" in target else len(body)
+        digest = hashlib.sha256(body).hexdigest()
+        credit[ident], credit_changed[ident] = 0, asyncio.Event()
+        start = f"HTTP/1.1 200 OK\r\nX-Request-Sha256: {digest}\r\n\r\n".encode()
+        await ws.send(frame("response-start", ident, start))
+        data = body if b"/big/" not in target else pattern(size)
+        for offset in range(0, size, chunk):
+            piece = data[offset : offset + chunk]
+            while credit[ident] < len(piece):
+                credit_changed[ident].clear()
+                await credit_changed[ident].wait()
+            credit[ident] -= len(piece)
+            await ws.send(frame("body", ident, piece))
+        await ws.send(frame("end", ident, b""))
+
+    def spawn(ident: str) -> None:
+        task = asyncio.ensure_future(answer(ident))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async for data in ws:
+        kind, ident, payload = msgpack.unpackb(data, raw=False)
+        if kind == "request":
+            heads[ident] = payload[0].partition(b"\r\n\r\n")[0]
+            bodies[ident] = [payload[0].partition(b"\r\n\r\n")[2]]
+            if not payload[2]:
+                spawn(ident)
+        elif kind == "body":
+            bodies[ident].append(payload)
+            await ws.send(frame("window", ident, len(payload)))
+        elif kind == "end":
+            spawn(ident)
+        elif kind == "window":
+            credit[ident] = credit.get(ident, 0) + payload
+            credit_changed.setdefault(ident, asyncio.Event()).set()
+
+
+@pytest.mark.parametrize("broker", ["redis", "memory"])
+async def test_large_bodies_stream_both_ways_over_websocket(start_gateway, broker):
+    gw = start_gateway(broker, **STREAMING)
+    async with httpx.AsyncClient(timeout=60) as client:
+        reg = await register(client, gw.service_url, unique_label())
+        async with websockets.connect(ws_url(reg.private), max_size=None) as ws:
+            await ws.send(frame("ready", "", 4))
+            app = asyncio.ensure_future(streaming_app(ws))
+            await asyncio.sleep(0.2)
+            upload = pattern(12 * MIB)  # larger than MAX_BODY_SIZE: only streaming can carry it
+            response = await client.post(reg.public + "up", content=upload)
+            assert response.status_code == 200
+            assert response.headers["X-Request-Sha256"] == hashlib.sha256(upload).hexdigest()
+            assert response.content == upload
+            assert "content-length" not in response.headers  # streamed: chunked
+            app.cancel()
+
+
+async def test_streamed_request_to_a_long_poller_is_buffered_or_refused(start_gateway):
+    """Long-poll needs whole messages: a streamed body is buffered up to MAX_BODY_SIZE,
+    with Content-Length; beyond it the requestor gets 413 and the poller polls on."""
+    gw = start_gateway("redis", **STREAMING)
+    async with httpx.AsyncClient(timeout=30) as client:
+        reg = await register(client, gw.service_url, unique_label())
+        body = pattern(2 * MIB)
+        public = asyncio.ensure_future(client.put(reg.public + "fits", content=body))
+        delivered = await client.get(reg.first)
+        assert delivered.status_code == 200
+        assert f"Content-Length: {len(body)}\r\n\r\n".encode() in delivered.content
+        assert delivered.content.endswith(body)
+        again = await client.get(reg.first)  # RH-29 re-delivery sends the whole body again
+        assert again.content == delivered.content
+        await client.post(reg.first, content=envelope(body=b"ok"))
+        assert (await public).text == "ok"
+        nxt = delivered.headers["Link"].split(">")[0][1:]
+        public = asyncio.ensure_future(client.put(reg.public + "huge", content=pattern(6 * MIB)))
+        assert (await client.get(nxt)).status_code == 204
+        assert (await public).status_code == 413
+
+
+@pytest.mark.parametrize("broker", ["redis", "memory"])
+async def test_100_mib_response_costs_the_gateway_little_memory(start_gateway, broker):
+    """A 100 MiB body relayed with the gateway's peak RSS growing by at most 50 MiB."""
+    gw = start_gateway(broker, **STREAMING)
+    async with httpx.AsyncClient(timeout=120) as client:
+        reg = await register(client, gw.service_url, unique_label())
+        async with websockets.connect(ws_url(reg.private), max_size=None) as ws:
+            await ws.send(frame("ready", "", 1))
+            app = asyncio.ensure_future(streaming_app(ws, chunk=64 * 1024))
+            await asyncio.sleep(0.2)
+            warm = await client.get(reg.public + "big/1")  # warm up code paths first
+            assert len(warm.content) == MIB
+            before = peak_rss(gw.process.pid)
+            received = 0
+            digest = hashlib.sha256()
+            async with client.stream("GET", reg.public + "big/100") as response:
+                assert response.status_code == 200
+                async for chunk in response.aiter_raw():
+                    received += len(chunk)
+                    digest.update(chunk)
+            after = peak_rss(gw.process.pid)
+            app.cancel()
+    assert received == 100 * MIB
+    assert digest.hexdigest() == hashlib.sha256(pattern(100 * MIB)).hexdigest()
+    assert after - before <= 50 * MIB, f"peak RSS grew by {(after - before) / MIB:.1f} MiB"
+
+
+async def test_requestor_leaving_mid_stream_cancels_the_stream(start_gateway):
+    """The application is told (an error frame) once nobody reads its streamed response."""
+    gw = start_gateway("redis", **STREAMING)
+    async with httpx.AsyncClient(timeout=30) as client:
+        reg = await register(client, gw.service_url, unique_label())
+        async with websockets.connect(ws_url(reg.private), max_size=None) as ws:
+            await ws.send(frame("ready", "", 1))
+            await asyncio.sleep(0.2)
+
+            async def read_a_little_then_leave() -> int:
+                async with client.stream("GET", reg.public + "endless") as response:
+                    async for chunk in response.aiter_raw():
+                        return len(chunk)
+                return 0
+
+            leaver = asyncio.ensure_future(read_a_little_then_leave())
+            _, ident, _ = msgpack.unpackb(await ws.recv(), raw=False)
+            await ws.send(frame("response-start", ident, b"HTTP/1.1 200 OK\r\n\r\n"))
+            credit = 0
+            async with asyncio.timeout(20):
+                while True:
+                    kind, same, payload = msgpack.unpackb(await ws.recv(), raw=False)
+                    assert same == ident
+                    if kind == "error":
+                        break
+                    assert kind == "window"
+                    credit += payload
+                    while credit >= 65536:
+                        await ws.send(frame("body", ident, b"y" * 65536))
+                        credit -= 65536
+            assert await leaver > 0
