@@ -14,6 +14,7 @@ import logging
 import secrets
 import time
 
+from . import events
 from .conf import gateway_settings
 from .http import (
     ClientDisconnected,
@@ -59,20 +60,61 @@ def _declared_length(scope: Scope) -> int | None:
     return int(value) if value is not None and value.strip().isdigit() else None
 
 
+class _Outcome:
+    """What ``_relay`` did, for the access log and the relay observers."""
+
+    __slots__ = ("status", "reply", "request", "request_bytes")
+
+    def __init__(self) -> None:
+        self.status = 500
+        self.reply: Reply | None = None
+        self.request: PublicRequest | None = None
+        self.request_bytes = 0
+
+
 async def handle(scope: Scope, receive: Receive, send: Send, broker: Broker, label: str) -> int:
-    """Relay one public request for ``label``; returns the status sent (for the access log)."""
-    started = time.monotonic()
-    status = await _relay(scope, receive, send, broker, label)
-    access_log.info(
-        '%s "%s %s" %s %s %.1fms',
-        format_requesting_client(scope.get("client")) or "-",
-        scope["method"],
-        _raw_target(scope).decode("latin-1"),
-        label,
-        status,
-        (time.monotonic() - started) * 1000,
-    )
-    return status
+    """Relay one public request for ``label``; returns the status sent."""
+    started_at, started = time.time(), time.monotonic()
+    outcome = _Outcome()
+    try:
+        outcome.status = await _relay(scope, receive, send, broker, label, outcome)
+    finally:
+        duration = time.monotonic() - started
+        reply = outcome.reply
+        client = format_requesting_client(scope.get("client")) or "-"
+        target = _raw_target(scope).decode("latin-1")
+        transport = (reply.via if reply is not None else "") or "gateway"
+        response_bytes = len(reply.body) if reply is not None else 0
+        access_log.info(
+            '%s "%s %s" label=%s status=%s transport=%s in=%d out=%d %.1fms',
+            client,
+            scope["method"],
+            target,
+            label,
+            outcome.status,
+            transport,
+            outcome.request_bytes,
+            response_bytes,
+            duration * 1000,
+        )
+        events.publish(
+            events.RelayRecord(
+                label=label,
+                method=scope["method"],
+                target=target,
+                status=outcome.status,
+                transport=transport,
+                started_at=started_at,
+                duration=duration,
+                requesting_client=client,
+                request_bytes=outcome.request_bytes,
+                response_bytes=response_bytes,
+                request_envelope=outcome.request.envelope if outcome.request else b"",
+                response_headers=reply.headers if reply is not None else [],
+                response_body=reply.body if reply is not None else b"",
+            )
+        )
+    return outcome.status
 
 
 async def _read_head_of_body(receive: Receive, threshold: int) -> tuple[list[bytes], bool]:
@@ -132,7 +174,9 @@ async def _pump_body(
             return
 
 
-async def _relay(scope: Scope, receive: Receive, send: Send, broker: Broker, label: str) -> int:
+async def _relay(
+    scope: Scope, receive: Receive, send: Send, broker: Broker, label: str, outcome: _Outcome
+) -> int:
     from .runtime import runtime
 
     if runtime.draining:
@@ -168,6 +212,7 @@ async def _relay(scope: Scope, receive: Receive, send: Send, broker: Broker, lab
     except ClientDisconnected:
         return 499
     body = b"".join(chunks) if ended else b""
+    outcome.request_bytes = len(body) if ended else (declared or 0)
     if ended and len(body) > gateway_settings.MAX_BODY_SIZE:
         await respond_error(send, 413, TOO_LARGE, headers=[(b"connection", b"close")])
         return 413
@@ -192,6 +237,7 @@ async def _relay(scope: Scope, receive: Receive, send: Send, broker: Broker, lab
         body_stream="" if ended else "q" + secrets.token_hex(16),
         body_length=None if ended else declared,
     )
+    outcome.request = request
     if ended:
         gone, watcher = watch_disconnect(receive)
     else:
@@ -211,6 +257,7 @@ async def _relay(scope: Scope, receive: Receive, send: Send, broker: Broker, lab
         )
         if reply is None:
             return 499
+        outcome.reply = reply
         if reply.stream:
             await _send_streamed(send, broker, reply, gone, head=method == "HEAD")
         else:

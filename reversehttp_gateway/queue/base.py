@@ -45,17 +45,21 @@ class Reply:
     reason: bytes = b""
     # A streamed body: ``body`` is empty and the chunks arrive on this broker stream.
     stream: str = ""
+    # The transport that delivered the answer ("" for gateway-generated errors).
+    via: str = ""
 
     def pack(self) -> bytes:
+        headers = [list(h) for h in self.headers]
         return msgpack.packb(
-            [self.status, self.reason, [list(h) for h in self.headers], self.body, self.stream],
+            [self.status, self.reason, headers, self.body, self.stream, self.via],
             use_bin_type=True,
         )
 
     @classmethod
     def unpack(cls, data: bytes) -> Reply:
-        status, reason, headers, body, stream = msgpack.unpackb(data, raw=False)
-        return cls(status, [(bytes(n), bytes(v)) for n, v in headers], body, reason, stream)
+        status, reason, headers, body, stream, via = msgpack.unpackb(data, raw=False)
+        pairs = [(bytes(n), bytes(v)) for n, v in headers]
+        return cls(status, pairs, body, reason, stream, via)
 
     @classmethod
     def error(cls, status: int, message: str, *, retry_after: int | None = None) -> Reply:

@@ -54,7 +54,8 @@ async def _deliver_replies(broker: Broker, replies: list[Any]) -> str | None:
             problem = problem or str(exc)
             continue
         await broker.route_reply(
-            request, Reply(parsed.status, parsed.asgi_headers(), parsed.body, parsed.reason)
+            request,
+            Reply(parsed.status, parsed.asgi_headers(), parsed.body, parsed.reason, via="json"),
         )
     return problem
 

@@ -185,7 +185,8 @@ async def reply(scope: Scope, receive: Receive, send: Send, broker: Broker, slot
         await _fail_all(broker, requests, Reply.error(502, BAD_REPLY_MESSAGE))
         await respond_error(send, 400, str(exc))
         return
+    via = "pipeline" if len(requests) > 1 else "longpoll"
     for request, parsed in zip(requests, responses, strict=True):
-        relayed = Reply(parsed.status, parsed.asgi_headers(), parsed.body, parsed.reason)
+        relayed = Reply(parsed.status, parsed.asgi_headers(), parsed.body, parsed.reason, via=via)
         await broker.route_reply(request, relayed)
     await respond(send, 202, [])  # RH-46

@@ -164,7 +164,9 @@ class _Connection:
             return
         stream = "r" + claimed.request_id
         self.response_streams[ident] = (stream, 0)
-        reply = Reply(parsed.status, parsed.asgi_headers(), b"", parsed.reason, stream=stream)
+        reply = Reply(
+            parsed.status, parsed.asgi_headers(), b"", parsed.reason, stream=stream, via="websocket"
+        )
         await self.broker.route_reply(claimed, reply)
         await self.send_frame("window", ident, INITIAL_WINDOW)
 
@@ -216,7 +218,9 @@ class _Connection:
             await self.broker.route_reply(claimed, Reply.error(502, BAD_REPLY_MESSAGE))
             await self.send_frame("error", ident, str(exc))
             return
-        reply = Reply(parsed.status, parsed.asgi_headers(), parsed.body, parsed.reason)
+        reply = Reply(
+            parsed.status, parsed.asgi_headers(), parsed.body, parsed.reason, via="websocket"
+        )
         await self.broker.route_reply(claimed, reply)
 
     async def fail_in_flight(self) -> None:
