@@ -111,6 +111,13 @@ for _name, _cast in [
     ("STREAM_WINDOW", int),
     ("MAX_STREAM_SIZE", int),
     ("PIPELINE_MAX", int),
+    ("MAX_QUEUED_PER_LABEL", int),
+    ("MAX_POLLERS_PER_LABEL", int),
+    ("REGISTRATIONS_PER_MINUTE", int),
+    ("MAX_HEADERS", int),
+    ("MAX_HEADER_BYTES", int),
+    ("MAX_HELD_CONNECTIONS", int),
+    ("IDLE_TIMEOUT", float),
     ("ENROLMENT", str),
     ("HYPHEN_TOKEN", str),
 ]:

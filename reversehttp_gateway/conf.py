@@ -48,6 +48,20 @@ DEFAULTS: dict[str, Any] = {
     "STREAM_WINDOW": 16,
     # Largest streamed body, in bytes (413 for public requests, 502 for responses).
     "MAX_STREAM_SIZE": 1024 * 1024 * 1024,
+    # Limits (issue 6). Queued, undelivered requests per label: beyond, 503 with Retry-After.
+    "MAX_QUEUED_PER_LABEL": 1000,
+    # Waiting pollers per label in one process: beyond, 429.
+    "MAX_POLLERS_PER_LABEL": 100,
+    # Registrations (POST to the Service URL) per client IP per minute: beyond, 429.
+    "REGISTRATIONS_PER_MINUTE": 60,
+    # Public request headers: count and total bytes; beyond, 431.
+    "MAX_HEADERS": 100,
+    "MAX_HEADER_BYTES": 32 * 1024,
+    # Gateway requests (polls, public requests, WebSockets) held at once by one process: 503.
+    "MAX_HELD_CONNECTIONS": 10000,
+    # Seconds a connection may stay idle while a request head or body is being received, or
+    # between keep-alive requests (slowloris); polls and relays in progress are not affected.
+    "IDLE_TIMEOUT": 30.0,
     # Most requests one application/http poll may carry (RH-26); 1 disables pipelining.
     "PIPELINE_MAX": 8,
     # Labels nobody may register (RH-03).
@@ -179,6 +193,34 @@ class GatewaySettings:
     @property
     def MAX_STREAM_SIZE(self) -> int:
         return int(self._get("MAX_STREAM_SIZE"))
+
+    @property
+    def MAX_QUEUED_PER_LABEL(self) -> int:
+        return int(self._get("MAX_QUEUED_PER_LABEL"))
+
+    @property
+    def MAX_POLLERS_PER_LABEL(self) -> int:
+        return int(self._get("MAX_POLLERS_PER_LABEL"))
+
+    @property
+    def REGISTRATIONS_PER_MINUTE(self) -> int:
+        return int(self._get("REGISTRATIONS_PER_MINUTE"))
+
+    @property
+    def MAX_HEADERS(self) -> int:
+        return int(self._get("MAX_HEADERS"))
+
+    @property
+    def MAX_HEADER_BYTES(self) -> int:
+        return int(self._get("MAX_HEADER_BYTES"))
+
+    @property
+    def MAX_HELD_CONNECTIONS(self) -> int:
+        return int(self._get("MAX_HELD_CONNECTIONS"))
+
+    @property
+    def IDLE_TIMEOUT(self) -> float:
+        return float(self._get("IDLE_TIMEOUT"))
 
     @property
     def PIPELINE_MAX(self) -> int:

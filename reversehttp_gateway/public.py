@@ -29,7 +29,7 @@ from .http import (
 )
 from .protocol.client_address import format_requesting_client
 from .protocol.embedded_request import build_embedded_request
-from .queue.base import Broker, PublicRequest, Reply, StreamAborted, now
+from .queue.base import Broker, PublicRequest, QueueFull, Reply, StreamAborted, now
 from .queue.relay import relay
 
 access_log = logging.getLogger("reversehttp_gateway.access")
@@ -117,6 +117,48 @@ async def handle(scope: Scope, receive: Receive, send: Send, broker: Broker, lab
     return outcome.status
 
 
+def _gateway_cookie_names() -> frozenset[bytes]:
+    """The gateway site's own cookies: never relayed to applications (RH-93)."""
+    from django.conf import settings
+
+    return frozenset(
+        name.encode("latin-1")
+        for name in (settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME)
+        if name
+    )
+
+
+def _without_gateway_cookie_header(
+    headers: list[tuple[bytes, bytes]],
+) -> list[tuple[bytes, bytes]]:
+    """``Cookie`` headers minus the gateway's own session and CSRF cookies."""
+    names = _gateway_cookie_names()
+    kept: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name == b"cookie":
+            pairs = [p for p in value.split(b";") if p.strip().split(b"=", 1)[0] not in names]
+            if not pairs:
+                continue
+            value = b";".join(pairs).strip()
+        kept.append((name, value))
+    return kept
+
+
+def _without_gateway_cookies(reply: Reply | None) -> Reply | None:
+    """Drop ``Set-Cookie`` of the gateway's own cookie names (session fixation, RH-93)."""
+    if reply is None or not reply.via:
+        return reply
+    names = _gateway_cookie_names()
+    kept = [
+        (n, v)
+        for n, v in reply.headers
+        if n != b"set-cookie" or v.split(b"=", 1)[0].strip() not in names
+    ]
+    if len(kept) != len(reply.headers):
+        reply.headers = kept
+    return reply
+
+
 async def _read_head_of_body(receive: Receive, threshold: int) -> tuple[list[bytes], bool]:
     """Body chunks up to just past ``threshold`` bytes, and whether the body ended."""
     chunks: list[bytes] = []
@@ -196,6 +238,13 @@ async def _relay(
     if method == "CONNECT" or header(scope, b"upgrade") is not None:
         await respond_error(send, 501, "Upgrade and CONNECT cannot be relayed")  # RH-40
         return 501
+    headers = scope["headers"]
+    if (
+        len(headers) > gateway_settings.MAX_HEADERS
+        or sum(len(n) + len(v) + 4 for n, v in headers) > gateway_settings.MAX_HEADER_BYTES
+    ):
+        await respond_error(send, 431, "Request header fields too large")
+        return 431
     requesting_client = format_requesting_client(scope.get("client"))
     if requesting_client is None:
         await respond_error(send, 400, "Could not determine your IP address")  # RH-61
@@ -221,7 +270,7 @@ async def _relay(
             method=method,
             target=_raw_target(scope),
             http_version=scope.get("http_version", "1.1"),
-            headers=scope["headers"],
+            headers=_without_gateway_cookie_header(headers),
             body=body,
             default_host=_default_host(scope),
             streamed=not ended,
@@ -247,14 +296,22 @@ async def _relay(
         )
     runtime.in_flight += 1
     try:
-        reply = await relay(
-            broker,
-            key,
-            request,
-            no_app_timeout=gateway_settings.NO_APP_TIMEOUT,
-            reply_timeout=gateway_settings.REPLY_TIMEOUT,
-            client_gone=gone,
-        )
+        try:
+            reply = await relay(
+                broker,
+                key,
+                request,
+                no_app_timeout=gateway_settings.NO_APP_TIMEOUT,
+                reply_timeout=gateway_settings.REPLY_TIMEOUT,
+                client_gone=gone,
+                max_queued=gateway_settings.MAX_QUEUED_PER_LABEL,
+            )
+        except QueueFull:
+            await respond_error(
+                send, 503, "Too many requests are waiting for this application", retry_after=5
+            )
+            return 503
+        reply = _without_gateway_cookies(reply)
         if reply is None:
             return 499
         outcome.reply = reply

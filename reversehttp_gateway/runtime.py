@@ -42,7 +42,8 @@ class Runtime:
         self._lock: asyncio.Lock | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.draining = False
-        self.in_flight = 0
+        self.in_flight = 0  # public requests being relayed
+        self.held = 0  # gateway HTTP requests in progress (polls, public requests, replies)
 
     @property
     def broker(self) -> Broker:
@@ -59,6 +60,7 @@ class Runtime:
         async with self._lock:
             if self._broker is None:
                 broker = build_broker()
+                broker.max_pollers = gateway_settings.MAX_POLLERS_PER_LABEL
                 await broker.start()
                 self._broker = broker
                 from .leases import keep_leases

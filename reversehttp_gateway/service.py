@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlencode
 
 from . import registry
 from .addresses import RegistrationAddress
+from .conf import gateway_settings
 from .http import (
     BodyTooLarge,
     ClientDisconnected,
@@ -99,6 +100,13 @@ async def register(scope: Scope, receive: Receive, send: Send, broker: Broker) -
         await respond_error(send, 413, "Registration form too large")
         return
     except ClientDisconnected:
+        return
+    client_ip = _client_ip(scope)
+    limit = gateway_settings.REGISTRATIONS_PER_MINUTE
+    if limit > 0 and await broker.hit(f"register:{client_ip}", 60) > limit:
+        await respond_error(
+            send, 429, "Too many registrations from your address; slow down", retry_after=60
+        )
         return
     form = _form(scope, body)
     authorization = header(scope, b"authorization")

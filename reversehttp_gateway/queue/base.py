@@ -71,6 +71,14 @@ class Reply:
         return cls(status, headers, body)
 
 
+class QueueFull(Exception):
+    """The label already has ``max_queued`` undelivered requests (503)."""
+
+
+class TooManyPollers(Exception):
+    """The label already has the most waiting pollers this process accepts (429)."""
+
+
 class StreamAborted(Exception):
     """The writer of a stream gave up; ``str()`` says why."""
 
@@ -111,6 +119,8 @@ class Broker(abc.ABC):
     poller left before handover goes to the next poller; a reply is accepted once.
     """
 
+    max_pollers: int = 100
+
     @abc.abstractmethod
     async def start(self) -> None: ...
 
@@ -137,7 +147,10 @@ class Broker(abc.ABC):
 
     # Public side.
     @abc.abstractmethod
-    async def enqueue(self, key: str, request: PublicRequest) -> Ticket: ...
+    async def enqueue(
+        self, key: str, request: PublicRequest, *, max_queued: int | None = None
+    ) -> Ticket:
+        """Queue ``request`` (FIFO); raises QueueFull when ``max_queued`` are waiting already."""
 
     @abc.abstractmethod
     async def app_available(self, key: str, grace: float) -> bool:
@@ -154,7 +167,10 @@ class Broker(abc.ABC):
     # Poll side.
     @abc.abstractmethod
     async def take(self, key: str, timeout: float, disconnected: asyncio.Event) -> Taken | None:
-        """Wait up to ``timeout`` for the next request; None on timeout or disconnect."""
+        """Wait up to ``timeout`` for the next request; None on timeout or disconnect.
+
+        Raises TooManyPollers when ``max_pollers`` of this process wait on ``key`` already.
+        """
 
     @abc.abstractmethod
     async def take_nowait(self, key: str) -> Taken | None:
@@ -211,6 +227,10 @@ class Broker(abc.ABC):
     async def store_envelope(self, request: PublicRequest) -> None:
         """Replace the stored envelope of a taken request (after a transport buffered its
         streamed body), so that a re-delivery (RH-29) sends the whole request again."""
+
+    @abc.abstractmethod
+    async def hit(self, bucket: str, window: int) -> int:
+        """Count one event in ``bucket`` for a fixed window of ``window`` seconds (rate limits)."""
 
     async def housekeeping(self) -> None:  # noqa: B027 (optional hook)
         """Periodic clean-up (called by the lease keeper); nothing by default."""

@@ -10,11 +10,13 @@ from .base import (
     Activity,
     Broker,
     PublicRequest,
+    QueueFull,
     RegistrationGone,
     Reply,
     StreamAborted,
     Taken,
     Ticket,
+    TooManyPollers,
     now,
 )
 
@@ -30,6 +32,7 @@ class MemoryBroker(Broker):
         self._stream_timeout = stream_timeout
         self._streams: dict[str, asyncio.Queue[tuple[bytes, int]]] = {}
         self._dropped: dict[str, float] = {}
+        self._hits: dict[str, tuple[int, float]] = {}
         self._labels: dict[str, str] = {}
         self._keys: dict[str, str] = {}
         self._queues: dict[str, collections.deque[PublicRequest]] = collections.defaultdict(
@@ -79,7 +82,11 @@ class MemoryBroker(Broker):
     async def active_keys(self) -> set[str]:
         return set(self._keys)
 
-    async def enqueue(self, key: str, request: PublicRequest) -> Ticket:
+    async def enqueue(
+        self, key: str, request: PublicRequest, *, max_queued: int | None = None
+    ) -> Ticket:
+        if max_queued is not None and len(self._queues.get(key, ())) >= max_queued:
+            raise QueueFull
         request.request_id = secrets.token_hex(16)
         request.key = key
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -124,8 +131,11 @@ class MemoryBroker(Broker):
             request = queue.popleft()
             if self._is_live(request):
                 return Taken(key, request)
+        waiters = self._waiters[key]
+        if sum(1 for w in waiters if not w.done()) >= self.max_pollers:
+            raise TooManyPollers
         waiter: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
-        self._waiters[key].append(waiter)
+        waiters.append(waiter)
         gone = asyncio.ensure_future(disconnected.wait())
         try:
             await asyncio.wait({waiter, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -195,6 +205,14 @@ class MemoryBroker(Broker):
             for key in keys
         }
 
+    async def hit(self, bucket: str, window: int) -> int:
+        moment = now()
+        count, resets = self._hits.get(bucket, (0, moment + window))
+        if moment >= resets:
+            count, resets = 0, moment + window
+        self._hits[bucket] = (count + 1, resets)
+        return count + 1
+
     def _stream(self, name: str) -> asyncio.Queue[tuple[bytes, int]]:
         queue = self._streams.get(name)
         if queue is None:
@@ -233,6 +251,7 @@ class MemoryBroker(Broker):
 
     async def housekeeping(self) -> None:
         moment = now()
+        self._hits = {b: hit for b, hit in self._hits.items() if hit[1] > moment}
         for stream, dropped_at in list(self._dropped.items()):
             if dropped_at < moment - self._stream_timeout:
                 del self._dropped[stream]

@@ -36,11 +36,13 @@ from .base import (
     Broker,
     BrokerUnavailable,
     PublicRequest,
+    QueueFull,
     RegistrationGone,
     Reply,
     StreamAborted,
     Taken,
     Ticket,
+    TooManyPollers,
     now,
 )
 from .memory import QUEUE_GONE_MESSAGE
@@ -234,7 +236,9 @@ class RedisBroker(Broker):
         return value.decode() if value else None
 
     # Public side ------------------------------------------------------------------------
-    async def enqueue(self, key: str, request: PublicRequest) -> Ticket:
+    async def enqueue(
+        self, key: str, request: PublicRequest, *, max_queued: int | None = None
+    ) -> Ticket:
         request.request_id = secrets.token_hex(16)
         request.origin = self._proc
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
@@ -258,7 +262,13 @@ class RedisBroker(Broker):
                 )
                 pipe.expire(record, ttl)
                 pipe.lpush(self._k("q", key), request.request_id)
-                await pipe.execute()
+                *_, queued = await pipe.execute()
+            if max_queued is not None and queued > max_queued:
+                async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
+                    pipe.lrem(self._k("q", key), 1, request.request_id)
+                    pipe.delete(record)
+                    await pipe.execute()
+                raise QueueFull
         except BaseException:
             self._pending.pop(request.request_id, None)
             raise
@@ -288,6 +298,8 @@ class RedisBroker(Broker):
         dispatcher = self._dispatchers.get(key)
         if dispatcher is None:
             dispatcher = self._dispatchers[key] = _Dispatcher()
+        if sum(1 for w in dispatcher.waiters if not w.done()) >= self.max_pollers:
+            raise TooManyPollers
         waiter: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
         dispatcher.waiters.append(waiter)
         if dispatcher.task is None or dispatcher.task.done():
@@ -469,6 +481,14 @@ class RedisBroker(Broker):
             )
             for i, key in enumerate(keys)
         }
+
+    async def hit(self, bucket: str, window: int) -> int:
+        key = self._k("hits", bucket)
+        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, window, nx=True)
+            count, _ = await pipe.execute()
+        return int(count)
 
     async def stream_write(
         self, stream: str, chunk: bytes = b"", *, end: bool = False, abort: str = ""

@@ -37,9 +37,13 @@ async def relay(
     no_app_timeout: float,
     reply_timeout: float,
     client_gone: asyncio.Event,
+    max_queued: int | None = None,
 ) -> Reply | None:
-    """Queue ``request`` and wait for its reply; None only when the public client left."""
-    ticket = await broker.enqueue(key, request)
+    """Queue ``request`` and wait for its reply; None only when the public client left.
+
+    Raises ``QueueFull`` when ``max_queued`` requests of ``key`` wait already.
+    """
+    ticket = await broker.enqueue(key, request, max_queued=max_queued)
     try:
         first_wait = min(no_app_timeout, reply_timeout)
         reply = await _wait(ticket.reply, first_wait, client_gone)

@@ -27,9 +27,9 @@ from ..http import (
     watch_disconnect,
 )
 from ..protocol.json_events import InvalidReplyEvent, parse_reply_event, request_event
-from ..queue.base import Broker, RegistrationGone, Reply
+from ..queue.base import Broker, RegistrationGone, Reply, TooManyPollers
 from .delivery import buffer_streamed_body, take_and_bind
-from .longpoll import BAD_REPLY_MESSAGE
+from .longpoll import BAD_REPLY_MESSAGE, TOO_MANY_POLLERS
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,9 @@ async def json_poll(
         taken = await take_and_bind(broker, address.key, slot, gone)
     except RegistrationGone:
         await respond_error(send, 410, "This registration was deleted")
+        return
+    except TooManyPollers:
+        await respond_error(send, 429, TOO_MANY_POLLERS, retry_after=2)
         return
     finally:
         watcher.cancel()

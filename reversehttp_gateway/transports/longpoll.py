@@ -30,7 +30,7 @@ from ..protocol.embedded_response import (
     parse_embedded_response,
     parse_embedded_responses,
 )
-from ..queue.base import Broker, PublicRequest, RegistrationGone, Reply, Taken
+from ..queue.base import Broker, PublicRequest, RegistrationGone, Reply, Taken, TooManyPollers
 from .delivery import SlotBusy, buffer_streamed_body, take_and_bind
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ SLOT_BUSY_MESSAGE = (
     "(register again for a new one)"
 )
 PIPELINE_TYPE = b"application/http"
+TOO_MANY_POLLERS = "Too many pollers are waiting for this registration"
 
 
 def wants_pipeline(scope: Scope) -> bool:
@@ -125,6 +126,9 @@ async def poll(
             return
         except SlotBusy:
             await respond_error(send, 409, SLOT_BUSY_MESSAGE)
+            return
+        except TooManyPollers:
+            await respond_error(send, 429, TOO_MANY_POLLERS, retry_after=2)
             return
         finally:
             watcher.cancel()

@@ -38,7 +38,14 @@ from ..addresses import RegistrationAddress
 from ..conf import gateway_settings
 from ..http import Receive, Scope, Send
 from ..protocol.embedded_response import InvalidResponse, parse_embedded_response
-from ..queue.base import Broker, PublicRequest, RegistrationGone, Reply, StreamAborted
+from ..queue.base import (
+    Broker,
+    PublicRequest,
+    RegistrationGone,
+    Reply,
+    StreamAborted,
+    TooManyPollers,
+)
 from .delivery import take_and_bind
 from .longpoll import BAD_REPLY_MESSAGE
 
@@ -86,6 +93,8 @@ class _Connection:
             except RegistrationGone:
                 await self.close(4410, "registration deleted")
                 return
+            except TooManyPollers:
+                return  # this connection serves fewer requests at once than it asked for
             if taken is None:
                 continue
             answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
