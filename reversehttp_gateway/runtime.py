@@ -25,6 +25,7 @@ def build_broker() -> Broker:
             gateway_settings.REDIS_PREFIX,
             stream_window=gateway_settings.STREAM_WINDOW,
             stream_timeout=gateway_settings.REPLY_TIMEOUT,
+            dead_after=max(10.0, 4 * gateway_settings.EXPIRY_INTERVAL),
         )
     from .queue.memory import MemoryBroker
 
@@ -64,8 +65,10 @@ class Runtime:
                 await broker.start()
                 self._broker = broker
                 from .leases import keep_leases
+                from .metrics import install as install_metrics
 
                 self.spawn(keep_leases(broker))
+                install_metrics()  # Prometheus counters, when METRICS_TOKEN is set
         return self._broker
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:

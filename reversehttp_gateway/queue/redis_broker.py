@@ -82,7 +82,9 @@ class RedisBroker(Broker):
         max_connections: int = 2000,
         stream_window: int = 16,
         stream_timeout: float = 60.0,
+        dead_after: float = 15.0,
     ) -> None:
+        self._dead_after = dead_after
         self._stream_window = stream_window
         self._stream_timeout = stream_timeout
         self._url = url
@@ -481,6 +483,28 @@ class RedisBroker(Broker):
             )
             for i, key in enumerate(keys)
         }
+
+    async def housekeeping(self) -> None:
+        """Heartbeat this process, and re-queue what crashed processes had taken (reaper)."""
+        moment = now()
+        procs = self._k("procs")
+        async with self._guard():
+            await self._redis.zadd(procs, {self._proc: moment})
+            dead = await self._redis.zrangebyscore(procs, "-inf", moment - self._dead_after)
+            for member in dead:
+                if await self._redis.zrem(procs, member):  # only one process reaps it
+                    await self._reap(member.decode())
+
+    async def _reap(self, proc: str) -> None:
+        taking = self._k("taking", proc)
+        for request_id in await self._redis.lrange(taking, 0, -1):
+            data = await self._redis.hmget(self._k("req", request_id.decode()), "key", "origin")
+            key, origin = data
+            if key is not None and origin is not None and origin.decode() != proc:
+                # Never handed over: back to the head of its queue for the live pollers.
+                await self._redis.rpush(self._k("q", key.decode()), request_id)
+        await self._redis.delete(taking)
+        logger.warning("Re-queued the requests held by the crashed gateway process %s", proc)
 
     async def hit(self, bucket: str, window: int) -> int:
         key = self._k("hits", bucket)

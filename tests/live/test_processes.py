@@ -99,3 +99,85 @@ async def test_sigterm_finishes_in_flight_requests_then_exits(start_gateway):
         assert (await client.post(reg.first, content=envelope(body=b"finished"))).status_code == 202
         assert (await in_flight).text == "finished"
     assert await asyncio.to_thread(gw.process.wait, 10) == 0
+
+
+async def test_sigkill_of_one_process_under_traffic(start_gateway):
+    """Issue 6: one of two processes is SIGKILLed under traffic. The other keeps serving,
+    pollers reconnect to it, every public request sent to it ends (200, or a 502/504 for the
+    few caught in the killed process's hands) and none is answered twice."""
+    a = start_gateway("redis", prefix="kill", REPLY_TIMEOUT="6")
+    b = start_gateway("redis", prefix="kill", REPLY_TIMEOUT="6", DB_PATH=str(a.db_path))
+    delivered = collections.Counter()
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(timeout=20, limits=httpx.Limits(max_connections=200)) as client:
+        reg = await register(client, b.service_url, unique_label())
+        label = reg.public.rstrip("/").rsplit("/", 1)[1]
+
+        async def poller(gw) -> None:
+            while not stop.is_set():
+                try:
+                    fresh = await client.post(
+                        b.service_url, data={"name": label, "token": "secret"}
+                    )
+                    url = on(gw, fresh.headers["Link"].split(">")[0][1:])
+                    while not stop.is_set():
+                        response = await client.get(url)
+                        if response.status_code != 200:
+                            continue
+                        target = response.content.split(b" ")[1].decode()
+                        delivered[target] += 1
+                        await client.post(url, content=envelope(body=target.encode()))
+                        url = on(gw, response.headers["Link"].split(">")[0][1:])
+                except httpx.TransportError:
+                    gw = b  # the process died: reconnect to the survivor
+
+        pollers = [asyncio.ensure_future(poller(gw)) for gw in (a, b, a, b)]
+        await asyncio.sleep(0.5)
+
+        async def public(i: int) -> int:
+            await asyncio.sleep(i * 0.05)
+            return (await client.get(on(b, reg.public) + f"k{i}")).status_code
+
+        traffic = [asyncio.ensure_future(public(i)) for i in range(80)]
+        await asyncio.sleep(1.0)
+        a.stop(signal.SIGKILL)
+        statuses = await asyncio.wait_for(asyncio.gather(*traffic), timeout=30)
+        stop.set()
+        await asyncio.wait(pollers, timeout=8)
+    assert set(statuses) <= {200, 502, 504}
+    assert statuses.count(200) >= 70, statuses
+    assert max(delivered.values()) == 1  # nothing delivered twice
+
+
+async def test_reaper_requeues_what_a_crashed_process_had_taken(start_gateway, redis_url):
+    """A process that died between popping a request and handing it over: another process
+    finds its heartbeat stale and puts the request back at the head of the queue."""
+    import redis.asyncio as aioredis
+
+    gw = start_gateway("redis", prefix="reap", REPLY_TIMEOUT="40", NO_APP_TIMEOUT="30")
+    store = aioredis.Redis.from_url(redis_url)
+    try:
+        async with httpx.AsyncClient(timeout=45) as client:
+            reg = await register(client, gw.service_url, unique_label())
+            public = asyncio.ensure_future(client.get(reg.public + "stranded"))
+            (key,) = [
+                k.decode()
+                for k in await store.smembers("reap:regs")
+                if k.decode().startswith(reg.public.rstrip("/").rsplit("/", 1)[1] + ".")
+            ]
+            for _ in range(50):
+                if await store.lmove(f"reap:q:{key}", "reap:taking:crashed", "RIGHT", "LEFT"):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the request was never queued")
+            await store.zadd("reap:procs", {"crashed": 1.0})  # a heartbeat from long ago
+            delivered = await asyncio.wait_for(client.get(reg.first), 20)
+            while delivered.status_code == 204:
+                delivered = await asyncio.wait_for(client.get(reg.first), 20)
+            assert b"/stranded HTTP/1.1" in delivered.content
+            await client.post(reg.first, content=envelope(body=b"rescued"))
+            assert (await public).text == "rescued"
+            assert await store.llen("reap:taking:crashed") == 0
+    finally:
+        await store.aclose()
