@@ -37,6 +37,7 @@ def run_db(function: Callable[..., T], /, *args: Any, **kwargs: Any) -> Awaitabl
 
 async def _activate(broker: Broker, registration: Registration) -> RegistrationAddress:
     address = RegistrationAddress(registration.label, registration.nonce)
+    await registration.arecord_revival()  # audit log: an expired registration came back (RH-23)
     await broker.activate(address.key, address.label)
     return address
 

@@ -11,23 +11,61 @@ import asyncio
 import logging
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .conf import gateway_settings
 from .runtime import runtime
 
+if TYPE_CHECKING:
+    from .transports.ptth import PtthListener
+
 logger = logging.getLogger(__name__)
+
+
+def _set_nodelay_on_accept(factory: Any) -> None:
+    """Turn on TCP_NODELAY for every connection Daphne accepts.
+
+    Twisted leaves Nagle's algorithm on; with a response written in pieces, a relay then waits
+    ~40 ms for the peer's delayed ACK (shared/bench/README.md, every peer tunnel suffers it).
+    """
+    build = factory.buildProtocol
+
+    def build_with_nodelay(addr: Any) -> Any:
+        protocol = build(addr)
+        made = protocol.connectionMade
+
+        def connection_made() -> None:
+            made()
+            set_nodelay = getattr(protocol.transport, "setTcpNoDelay", None)
+            if set_nodelay is not None:
+                set_nodelay(True)
+
+        protocol.connectionMade = connection_made
+        return protocol
+
+    factory.buildProtocol = build_with_nodelay
 
 
 class GatewayServer:
     """Runs ``application`` under Daphne on ``host``:``port`` until stopped."""
 
-    def __init__(self, application: Any, host: str, port: int, *, verbosity: int = 1) -> None:
+    def __init__(
+        self,
+        application: Any,
+        host: str,
+        port: int,
+        *,
+        verbosity: int = 1,
+        ptth_listen: str | None = None,
+    ) -> None:
         self.application = application
         self.host = host
         self.port = port
         self.verbosity = verbosity
         self._shutdown_started: float | None = None
+        # "[host:]port" of the PTTH listener; None: the PTTH_LISTEN setting (None: no listener).
+        self.ptth_listen = ptth_listen
+        self.ptth: PtthListener | None = None
 
     def run(self) -> None:
         from daphne.endpoints import build_endpoint_description_strings
@@ -42,19 +80,38 @@ class GatewayServer:
             signal_handlers=False,
             http_timeout=None,  # notes P16: deadlines are enforced by the gateway itself
             websocket_handshake_timeout=10,
+            # A whole response may travel in one frame (docs/websocket.md): allow it.
+            websocket_max_message_size=gateway_settings.MAX_BODY_SIZE + 65536,
+            websocket_max_frame_size=gateway_settings.MAX_BODY_SIZE + 65536,
             application_close_timeout=gateway_settings.SHUTDOWN_TIMEOUT + 5,
             verbosity=self.verbosity,
             ready_callable=self._ready,
         )
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        self._bind_ptth()
         self.daphne.run()
 
+    def _bind_ptth(self) -> None:
+        """Bind the PTTH port now, so that a conflict stops rungateway at once (PT-11)."""
+        listen = self.ptth_listen or gateway_settings.PTTH_LISTEN
+        if listen:
+            from .transports.ptth import PtthListener
+
+            self.ptth = PtthListener.from_address(listen)
+
     def _ready(self) -> None:
+        # Slowloris: idle limit while a request head or body arrives, and between keep-alive
+        # requests. Twisted suspends it while a request is being answered, so polls and
+        # relays of any length are not cut.
+        self.daphne.http_factory.timeOut = gateway_settings.IDLE_TIMEOUT
+        _set_nodelay_on_accept(self.daphne.http_factory)
         asyncio.ensure_future(self._startup())
 
     async def _startup(self) -> None:
-        await runtime.ensure_started()
+        broker = await runtime.ensure_started()
+        if self.ptth is not None:
+            await self.ptth.start(broker)
         logger.info(
             "Gateway listening on %s:%s, service URL %s, %s broker",
             self.host,
@@ -84,6 +141,8 @@ class GatewayServer:
             await asyncio.sleep(0.05)
         if runtime.in_flight:
             logger.warning("Shutdown timeout: %d requests still in flight", runtime.in_flight)
+        if self.ptth is not None:
+            await self.ptth.close()
         await runtime.stop()
         logger.info("Gateway stopped")
         self.reactor.stop()

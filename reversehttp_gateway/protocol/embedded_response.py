@@ -22,6 +22,7 @@ __all__ = [
     "ParsedResponse",
     "parse_embedded_response",
     "parse_embedded_responses",
+    "relayable_response",
 ]
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -205,27 +206,35 @@ def _parse_one(data: bytes, request_method: str) -> tuple[ParsedResponse, bytes,
     if response is None:  # pragma: no cover - h11 always yields a Response first
         raise _invalid("no final response")
 
+    names = {bytes(name) for name, _ in response.headers}
+    parsed = relayable_response(response, b"".join(chunks), head_request=head_request)
+    no_body = parsed.no_body
+    eof_delimited = not no_body and not names & {b"content-length", b"transfer-encoding"}
+    leftover, _closed = conn.trailing_data
+    return parsed, bytes(leftover), eof_delimited
+
+
+def relayable_response(
+    response: h11.Response, body: bytes, *, head_request: bool
+) -> ParsedResponse:
+    """An h11 response and its body as relayed: hop-by-hop headers and Content-Length dropped,
+    the declared length kept for HEAD and 304 (RH-50, RH-51)."""
     raw_headers = [(bytes(name), bytes(value)) for name, value in response.headers]
-    names = {name for name, _ in raw_headers}
     status = response.status_code
-    no_body = head_request or status in (204, 304)  # RH-51
     declared_length: int | None = None
     if head_request or status == 304:
         declared = [value for name, value in raw_headers if name == b"content-length"]
         # h11 has already checked it: 1-20 digits, duplicates equal and merged.
         declared_length = int(declared[0]) if declared else None
     dropped = hop_by_hop_names(raw_headers) | HOP_BY_HOP | {b"content-length"}
-    parsed = ParsedResponse(
+    return ParsedResponse(
         status=status,
         reason=bytes(response.reason),
         headers=[(name, value) for name, value in raw_headers if name not in dropped],
-        body=b"".join(chunks),
+        body=body,
         declared_length=declared_length,
-        no_body=no_body,
+        no_body=head_request or status in (204, 304),  # RH-51
     )
-    eof_delimited = not no_body and not names & {b"content-length", b"transfer-encoding"}
-    leftover, _closed = conn.trailing_data
-    return parsed, bytes(leftover), eof_delimited
 
 
 def parse_embedded_response(data: bytes, *, request_method: str = "GET") -> ParsedResponse:

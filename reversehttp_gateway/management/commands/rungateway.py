@@ -26,6 +26,13 @@ class Command(BaseCommand):
             help="[host:]port to listen on (default 127.0.0.1:8000)",
         )
         parser.add_argument(
+            "--ptth",
+            metavar="[HOST:]PORT",
+            default=None,
+            help="Also accept PTTH upgrades (Upgrade: PTTH/1.0) on this address "
+            "(overrides the PTTH_LISTEN setting; the host defaults to 127.0.0.1).",
+        )
+        parser.add_argument(
             "--no-static",
             action="store_true",
             help="Do not serve STATIC_URL files (serve them with nginx instead).",
@@ -37,6 +44,13 @@ class Command(BaseCommand):
             raise CommandError(f"{options['addrport']!r} is not a valid [host:]port")
         host = (match.group("host") or "127.0.0.1").strip("[]")
         port = int(match.group("port"))
+        if options["ptth"]:
+            from ...transports.ptth import parse_listen
+
+            try:
+                parse_listen(options["ptth"])
+            except ValueError as exc:
+                raise CommandError(f"--ptth: {exc}") from None
         self.check(display_num_errors=True)
         self.check_migrations()
         application = import_string(settings.ASGI_APPLICATION)
@@ -45,4 +59,6 @@ class Command(BaseCommand):
 
             application = ASGIStaticFilesHandler(application)
         self.stdout.write(f"Starting gateway on http://{host}:{port}/ (Ctrl-C or SIGTERM stops)")
-        self.server_class(application, host, port, verbosity=options["verbosity"]).run()
+        self.server_class(
+            application, host, port, verbosity=options["verbosity"], ptth_listen=options["ptth"]
+        ).run()
