@@ -1,0 +1,271 @@
+"""One long-poll loop: take requests from the gateway, answer them, forever until stopped.
+
+- ``GET`` the Request URL and wait. **200**: parse the embedded request, let the handler answer,
+  ``POST`` the reply as ``message/http`` to the *same* URL, then continue with the 200's
+  ``rel="next"`` URL (RH-21, RH-45). **204**: nothing arrived; re-GET the 204's ``rel="next"``
+  URL, or the same one if it has none (RH-22).
+- **404/410** (registration unknown or deleted) and **409** (the URL is in use by another
+  poller): register again and start over from the new ``rel="first"`` URL.
+- Network errors, 5xx and 429: wait with exponential backoff and jitter, then retry the same URL;
+  a gateway that lost our 200 in transit delivers the same request again (RH-29).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from urllib.parse import urljoin
+
+import httpx
+
+from ..protocol.links import parse_link_header
+from .backoff import Backoff
+from .envelope import (
+    AppResponse,
+    EmbeddedRequest,
+    InvalidEmbeddedRequest,
+    build_reply,
+    parse_embedded_request,
+)
+from .errors import ClientError, RegistrationRefused
+from .handlers import Handler, PublicSite
+from .registration import Registrar, Registration, describe_transport_error
+
+__all__ = ["Poller"]
+
+logger = logging.getLogger("reversehttp_gateway.client")
+
+REPLY_ATTEMPTS = 4
+REPLY_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+
+def _next_link(response: httpx.Response) -> str | None:
+    links = parse_link_header(", ".join(response.headers.get_list("link")))
+    next_url = links.get("next")
+    return urljoin(str(response.request.url), next_url) if next_url else None
+
+
+def _error_response(status: int, message: str) -> AppResponse:
+    body = f"{status} {message}\n".encode()
+    return AppResponse(status, [(b"content-type", b"text/plain; charset=utf-8")], body)
+
+
+class Poller:
+    """One chain of Request URLs, served by one long-poll loop (see the module docstring).
+
+    ``first`` is the registration to start from; without one the poller registers itself.
+    ``poll_timeout`` bounds one GET and must exceed the gateway's hold time (25 s by default).
+    """
+
+    def __init__(
+        self,
+        index: int,
+        http: httpx.AsyncClient,
+        registrar: Registrar,
+        handler: Handler,
+        stopping: asyncio.Event,
+        *,
+        first: Registration | None = None,
+        poll_timeout: float = 90.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.index = index
+        self._http = http
+        self._registrar = registrar
+        self._handler = handler
+        self._stopping = stopping
+        self._first = first
+        self._poll_timeout = httpx.Timeout(poll_timeout, connect=10.0)
+        self._backoff = backoff or Backoff()
+        self._site: PublicSite | None = None
+        self._waiting: asyncio.Future[httpx.Response] | None = None
+        self._aborted = False
+        self.relayed = 0
+
+    # Loop -------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Poll until ``stopping`` is set (requests already taken are still answered)."""
+        url = self._adopt(self._first) if self._first else None
+        self._first = None  # after a crash and restart, register afresh
+        while not self._stopping.is_set():
+            if url is None:
+                url = await self._register()
+                continue
+            try:
+                response = await self._get(url)
+            except httpx.TransportError as exc:
+                await self._failed(f"polling failed: {describe_transport_error(exc)}")
+                continue
+            if response is None:  # aborted by stop()
+                return
+            status = response.status_code
+            if status in (200, 204):
+                self._recovered()
+                next_url = _next_link(response)
+                if status == 200:
+                    await self._serve(url, response)
+                    if next_url is None:
+                        logger.warning(
+                            "poller %d: a 200 without rel=next; registering again", self.index
+                        )
+                    url = next_url
+                else:
+                    url = next_url or url
+            elif status in (404, 410, 409) or (400 <= status < 500 and status != 429):
+                if self._stopping.is_set():
+                    return  # our own DELETE (stop) ended the poll
+                what = {404: "unknown", 410: "deleted", 409: "in use by another poller"}
+                logger.info(
+                    "poller %d: Request URL %s (%d); registering again",
+                    self.index,
+                    what.get(status, "refused"),
+                    status,
+                )
+                delay = self._backoff.next_delay()
+                if self._backoff.failures > 1:  # not the first failure in a row: slow down
+                    await self._sleep(delay)
+                url = None
+            else:
+                await self._failed(f"poll answered {status} {response.reason_phrase}")
+
+    def abort_wait(self) -> None:
+        """Cancel a GET that is waiting for a request (used when the gateway is unreachable)."""
+        if self._waiting is not None and not self._waiting.done():
+            self._aborted = True
+            self._waiting.cancel()
+
+    def _adopt(self, registration: Registration) -> str:
+        self._site = PublicSite.from_url(registration.public_url)
+        return registration.first_url
+
+    async def _register(self) -> str | None:
+        while not self._stopping.is_set():
+            try:
+                registration = await self._registrar.register()
+            except RegistrationRefused as exc:
+                await self._failed(f"registering failed: {exc}", at_least=exc.retry_after or 0.0)
+                continue
+            except ClientError as exc:
+                await self._failed(f"registering failed: {exc}")
+                continue
+            return self._adopt(registration)
+        return None
+
+    async def _get(self, url: str) -> httpx.Response | None:
+        self._aborted = False
+        self._waiting = asyncio.ensure_future(
+            self._http.get(url, headers={"Accept": "message/http"}, timeout=self._poll_timeout)
+        )
+        try:
+            return await self._waiting
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._aborted and not (current and current.cancelling()):
+                return None
+            raise
+        finally:
+            self._waiting = None
+
+    # Failures ---------------------------------------------------------------------------------
+
+    async def _sleep(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if the client is stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _failed(self, what: str, *, at_least: float = 0.0) -> None:
+        delay = max(self._backoff.next_delay(), at_least)
+        # One warning per streak of failures; the retries themselves are debug noise.
+        log = logger.warning if self._backoff.failures == 1 else logger.debug
+        log("poller %d: %s; retrying in %.1fs (and with backoff)", self.index, what, delay)
+        await self._sleep(delay)
+
+    def _recovered(self) -> None:
+        if self._backoff.failures:
+            logger.info("poller %d: polling again", self.index)
+        self._backoff.reset()
+
+    # Serving ----------------------------------------------------------------------------------
+
+    async def _serve(self, url: str, delivered: httpx.Response) -> None:
+        started = time.monotonic()
+        method, path = "-", "-"
+        try:
+            request = parse_embedded_request(
+                delivered.content, requesting_client=delivered.headers.get("requesting-client")
+            )
+        except InvalidEmbeddedRequest as exc:
+            logger.warning("poller %d: bad embedded request (%s); answering 400", self.index, exc)
+            answer = _error_response(400, "The gateway delivered a malformed request")
+        else:
+            method, path = request.method, request.raw_path.decode("latin-1")
+            answer = await self._answer(request)
+        try:
+            body = build_reply(answer, request_method=method)
+        except ValueError as exc:
+            logger.error("poller %d: cannot send the response: %s", self.index, exc)
+            answer = _error_response(502, "The application's response was invalid")
+            body = build_reply(answer, request_method=method)
+        await self._reply(url, body, method, path)
+        self.relayed += 1
+        logger.info(
+            "%s %s %d %.1fms", method, path, answer.status, (time.monotonic() - started) * 1000
+        )
+
+    async def _answer(self, request: EmbeddedRequest) -> AppResponse:
+        site = self._site or PublicSite("http", "localhost", 80, "")
+        try:
+            return await self._handler(request, site)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the application's bug: answer 500, keep serving, log the traceback
+            logger.exception(
+                "poller %d: the application failed on %s %s",
+                self.index,
+                request.method,
+                request.raw_path.decode("latin-1"),
+            )
+            return _error_response(500, "Internal Server Error")
+
+    async def _reply(self, url: str, body: bytes, method: str, path: str) -> None:
+        """POST the reply to the URL that delivered the request (RH-45), retrying briefly."""
+        backoff = Backoff(0.2, 2.0)
+        for attempt in range(REPLY_ATTEMPTS):
+            last = attempt == REPLY_ATTEMPTS - 1
+            try:
+                response = await self._http.post(
+                    url,
+                    content=body,
+                    headers={"Content-Type": "message/http"},
+                    timeout=REPLY_TIMEOUT,
+                )
+            except httpx.TransportError as exc:
+                if last:
+                    logger.warning(
+                        "poller %d: could not send the reply to %s %s: %s",
+                        self.index,
+                        method,
+                        path,
+                        describe_transport_error(exc),
+                    )
+                    return
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if response.is_success:
+                return
+            if response.status_code >= 500 and not last:
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if response.status_code == 404 and attempt:
+                return  # an earlier attempt got through; only its answer was lost
+            logger.warning(
+                "poller %d: the gateway refused the reply to %s %s: %s",
+                self.index,
+                method,
+                path,
+                response.text.strip() or response.status_code,
+            )
+            return
