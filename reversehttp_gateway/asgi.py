@@ -13,6 +13,7 @@ from typing import Any
 
 from django.db import DatabaseError
 
+from . import cors
 from .conf import gateway_settings
 from .http import Receive, Scope, Send, header, respond_error
 from .queue.base import BrokerUnavailable
@@ -59,12 +60,30 @@ class GatewayApplication:
         service_path = gateway_settings.SERVICE_PATH
         is_service = path == service_path or path.startswith(service_path + "/")
         label = None if is_service else _public_label(scope)
+        if (  # Prometheus (metrics.py); in vhost mode only on the gateway's own host
+            path == "/metrics"
+            and gateway_settings.METRICS_TOKEN
+            and (label is None or gateway_settings.PUBLIC_URL_MODE == "path")
+        ):
+            from . import metrics
+
+            await metrics.serve(scope, receive, send)
+            return
         if not is_service and label is None:
             await self.fallback(scope, receive, send)
             return
+        if is_service:  # CORS for browser clients on other origins (cors.py)
+            if cors.is_preflight(scope):
+                await cors.respond_preflight(scope, send)
+                return
+            send = cors.wrap_send(scope, send)
         if is_service and scope["method"] == "GET" and path.rstrip("/") == service_path:
             await self.fallback(scope, receive, send)  # RH-80: staff status page, a Django view
             return
+        if runtime.held >= gateway_settings.MAX_HELD_CONNECTIONS:
+            await respond_error(send, 503, "The gateway is at its connection limit", retry_after=5)
+            return
+        runtime.held += 1
         try:
             broker = await runtime.ensure_started()
             if is_service:
@@ -82,6 +101,8 @@ class GatewayApplication:
         except DatabaseError as exc:  # RH-15: registration changes need the database
             logger.warning("Database unavailable: %s", exc)
             await respond_error(send, 503, "The gateway's database is unavailable", retry_after=5)
+        finally:
+            runtime.held -= 1
 
     @staticmethod
     def _is_service(path: str) -> bool:
@@ -103,6 +124,8 @@ class GatewayApplication:
             address = None
         if address is None:
             await receive()  # websocket.connect
+            # Accept, then close: a close before accepting reaches the client as HTTP 403.
+            await send({"type": "websocket.accept"})
             await send({"type": "websocket.close", "code": 4404})
             return
         from .transports import websocket

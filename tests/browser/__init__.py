@@ -1,0 +1,1 @@
+"""The browser client (reversehttp.js) in a real headless Chromium, and CORS."""
