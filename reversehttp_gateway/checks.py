@@ -117,4 +117,87 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="reversehttp_gateway.E007",
             )
         )
+    listen = gateway_settings.PTTH_LISTEN
+    if listen is not None:
+        from .transports.ptth import parse_listen
+
+        try:
+            parse_listen(listen)
+        except ValueError:
+            errors.append(
+                Error(
+                    f"REVERSEHTTP_GATEWAY['PTTH_LISTEN'] is {listen!r}.",
+                    hint='Use "[host:]port", e.g. "127.0.0.1:8001" or "8001", or None.',
+                    id="reversehttp_gateway.E010",
+                )
+            )
     return errors
+
+
+def _is_origin(value: object) -> bool:
+    """``scheme://host[:port]`` exactly as a browser sends it in ``Origin``, or ``"*"``."""
+    if value == "*":
+        return True
+    if not isinstance(value, str) or not value or value != value.strip():
+        return False
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        return False
+    return bool(
+        parts.scheme
+        and parts.hostname
+        and "@" not in parts.netloc
+        and not parts.path
+        and not parts.query
+        and not parts.fragment
+        and value == f"{parts.scheme}://{parts.netloc}"
+    )
+
+
+@register(Tags.security)
+def check_cors(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """CORS_ALLOWED_ORIGINS must be a list of origins (browser clients, docs/browser.md)."""
+    value = gateway_settings._get("CORS_ALLOWED_ORIGINS")
+    if isinstance(value, list | tuple) and all(_is_origin(origin) for origin in value):
+        return []
+    return [
+        Error(
+            f"REVERSEHTTP_GATEWAY['CORS_ALLOWED_ORIGINS'] is {value!r}.",
+            hint="Give a list of origins without path or trailing slash, e.g. "
+            '["https://app.example", "http://localhost:3000"], or ["*"] for any origin.',
+            id="reversehttp_gateway.E008",
+        )
+    ]
+
+
+@register(Tags.security)
+def check_metrics(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """METRICS_TOKEN: None, or the non-empty string Prometheus sends (docs/metrics.md)."""
+    value = gateway_settings._get("METRICS_TOKEN")
+    if value is None:
+        return []
+    if not isinstance(value, str) or not value.strip():
+        return [
+            Error(
+                f"REVERSEHTTP_GATEWAY['METRICS_TOKEN'] is {value!r}.",
+                hint="Set a long random string (e.g. from `python -c \"import secrets; "
+                'print(secrets.token_urlsafe(32))"`), or None to disable /metrics.',
+                id="reversehttp_gateway.E009",
+            )
+        ]
+    try:
+        reserved = gateway_settings.RESERVED_LABELS
+    except TypeError:  # malformed: E007
+        reserved = frozenset()
+    if gateway_settings.PUBLIC_URL_MODE == "path" and "metrics" not in reserved:
+        return [
+            Warning(
+                "/metrics is enabled in path mode, but the label 'metrics' can be registered; "
+                "its public URL would be shadowed by the metrics endpoint.",
+                hint="Add 'metrics' to REVERSEHTTP_GATEWAY['RESERVED_LABELS'].",
+                id="reversehttp_gateway.W002",
+            )
+        ]
+    return []

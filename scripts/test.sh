@@ -12,7 +12,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test]'
+.venv/bin/python -m pip install --quiet -e '.[test,docs]'
 
 redis_answers() {
   .venv/bin/python - "$RHGW_TEST_REDIS_URL" <<'PY'
@@ -38,6 +38,20 @@ if ! redis_answers; then
   redis_answers || { echo "Redis did not start" >&2; exit 1; }
 fi
 
+# The browser client's tests (tests/browser) drive Debian's Chromium with Playwright's Python
+# package; Playwright never downloads a browser here. Without /usr/bin/chromium they skip.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "Installing chromium (apt-get) for tests/browser" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  { $SUDO apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null; } \
+    || echo "Could not install chromium: tests/browser will be skipped" >&2
+fi
+
 .venv/bin/ruff check reversehttp_gateway tests
 .venv/bin/python manage.py makemigrations --check --dry-run -v0
+# The documentation site (mkdocs.yml) must build without warnings: broken links fail here.
+DOCS_SITE=$(mktemp -d)
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$DOCS_SITE"
+rm -rf "$DOCS_SITE"
 exec .venv/bin/python -m pytest "$@"
