@@ -1,10 +1,14 @@
-"""The Django admin for registrations, access tokens and label claims.
+"""The Django admin: registrations, access tokens, label claims, request log and audit log.
 
 Secrets never appear here: a new access token is shown once, in the message after it is created,
 and private URLs (capabilities, RH-90) are never displayed. Admin changes that a serving gateway
 must know about (deleting or expiring a registration) are sent to this process's broker when a
 gateway loop runs here; otherwise the lease keeper of the serving process reconciles them within
 ``EXPIRY_INTERVAL``.
+
+Every change made here is recorded as an ``AuditEvent`` with the user and their address; the
+audit log and the request log (``inspector.py``) are read-only here, except for replaying a
+logged request to its application.
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from . import credentials, registry
+from . import credentials, inspector, registry
 from .conf import gateway_settings
-from .models import AccessToken, LabelClaim, Registration
+from .models import AccessToken, AuditEvent, LabelClaim, Registration, RequestLog
 from .queue.base import Broker, BrokerUnavailable
 from .runtime import runtime
 
@@ -35,6 +39,13 @@ logger = logging.getLogger(__name__)
 ONE_DAY = 86400
 
 Address = tuple[str, str]  # (broker key, label)
+
+
+def _audit(request: HttpRequest, action: str, label: str = "", **detail: Any) -> None:
+    """Record what ``request.user`` did (issue 6, "Secrets and audit")."""
+    AuditEvent.record(
+        action, label=label, actor=request.user, actor_ip=request.META.get("REMOTE_ADDR"), **detail
+    )
 
 
 def _owner_search_field() -> str:
@@ -137,6 +148,7 @@ class RegistrationAdmin(admin.ModelAdmin):
         "access_token_link",
         "registered_from",
         "created_at",
+        "request_log_link",
     ]
     list_filter = [ActivityFilter, "status", ("access_token", admin.RelatedOnlyFieldListFilter)]
     search_fields = [
@@ -205,16 +217,24 @@ class RegistrationAdmin(admin.ModelAdmin):
     def access_token_link(self, obj: Registration) -> str:
         return _change_link(obj.access_token)
 
+    @admin.display(description="requests")
+    def request_log_link(self, obj: Registration) -> str:
+        return _changelist_link(RequestLog, "log", label=obj.label)
+
     # Deletion: every path ends in delete_model / delete_queryset.
 
     def delete_model(self, request: HttpRequest, obj: Registration) -> None:
         address = (obj.broker_key, obj.label)
         super().delete_model(request, obj)
+        _audit(request, AuditEvent.Action.ADMIN_DELETED, obj.label, status=obj.status)
         self._forget_after_commit(request, [address])
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        addresses = [(r.broker_key, r.label) for r in queryset]
+        doomed = list(queryset)
+        addresses = [(r.broker_key, r.label) for r in doomed]
         super().delete_queryset(request, queryset)
+        for registration in doomed:
+            _audit(request, AuditEvent.Action.ADMIN_DELETED, registration.label)
         self._forget_after_commit(request, addresses)
 
     @admin.action(
@@ -234,6 +254,13 @@ class RegistrationAdmin(admin.ModelAdmin):
                 if registration.status == Registration.Status.EXPIRED:
                     revived.append((registration.broker_key, registration.label))
                 registry.extend_lease(registration, ONE_DAY)
+                _audit(
+                    request,
+                    AuditEvent.Action.LEASE_EXTENDED,
+                    registration.label,
+                    lease=registration.lease_seconds,
+                    revived=registration.revived_since_loaded,
+                )
                 count += 1
         self.message_user(
             request,
@@ -254,6 +281,7 @@ class RegistrationAdmin(admin.ModelAdmin):
                 registration.status = Registration.Status.EXPIRED
                 registration.expires_at = now
                 registration.save(update_fields=["status", "expires_at"])
+                _audit(request, AuditEvent.Action.ADMIN_EXPIRED, registration.label)
                 expired.append((registration.broker_key, registration.label))
         skipped = len(queryset) - len(expired)
         text = f"Expired {len(expired)} registration(s)"
@@ -383,11 +411,15 @@ class AccessTokenAdmin(admin.ModelAdmin):
     ) -> None:
         if change:
             super().save_model(request, obj, form, change)
+            revoked = "revoked" in form.changed_data and obj.revoked
+            action = AuditEvent.Action.TOKEN_REVOKED if revoked else AuditEvent.Action.TOKEN_CHANGED
+            _audit(request, action, **self._described(obj), changed=list(form.changed_data))
             return
         token = credentials.new_capability()
         obj.token_digest = credentials.digest(token)
         obj.token_prefix = token[:8]
         super().save_model(request, obj, form, change)
+        _audit(request, AuditEvent.Action.TOKEN_CREATED, **self._described(obj))
         self.message_user(
             request,
             f"The new access token “{obj.name}” is: {token} — copy it now. Only its digest is "
@@ -417,11 +449,31 @@ class AccessTokenAdmin(admin.ModelAdmin):
             count = obj.claims.count()
         return _changelist_link(LabelClaim, str(count), access_token__id__exact=obj.pk)
 
+    @staticmethod
+    def _described(token: AccessToken) -> dict[str, Any]:
+        """How audit events name a token (never the token itself)."""
+        return {"token": token.pk, "name": token.name, "prefix": token.token_prefix}
+
+    def delete_model(self, request: HttpRequest, obj: AccessToken) -> None:
+        described = self._described(obj)
+        super().delete_model(request, obj)
+        _audit(request, AuditEvent.Action.TOKEN_DELETED, **described)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        described = [self._described(token) for token in queryset]
+        super().delete_queryset(request, queryset)
+        for fields in described:
+            _audit(request, AuditEvent.Action.TOKEN_DELETED, **fields)
+
     @admin.action(permissions=["change"], description="Revoke selected tokens")
     def revoke(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        count = queryset.model.objects.filter(
+        to_revoke = queryset.model.objects.filter(
             pk__in=list(queryset.values_list("pk", flat=True)), revoked=False
-        ).update(revoked=True)
+        )
+        described = [self._described(token) for token in to_revoke]
+        count = to_revoke.update(revoked=True)
+        for fields in described:
+            _audit(request, AuditEvent.Action.TOKEN_REVOKED, **fields)
         self.message_user(
             request,
             f"Revoked {count} access token(s). Registrations made with them stay until they "
@@ -486,3 +538,228 @@ class LabelClaimAdmin(admin.ModelAdmin):
     @admin.display(description="access token", ordering="access_token__name")
     def access_token_link(self, obj: LabelClaim) -> str:
         return _change_link(obj.access_token)
+
+    def save_model(
+        self, request: HttpRequest, obj: LabelClaim, form: forms.ModelForm, change: bool
+    ) -> None:
+        super().save_model(request, obj, form, change)
+        action = AuditEvent.Action.CLAIM_CHANGED if change else AuditEvent.Action.CLAIM_CREATED
+        _audit(request, action, obj.pattern, claim=obj.pk, changed=list(form.changed_data))
+
+    def delete_model(self, request: HttpRequest, obj: LabelClaim) -> None:
+        pattern, pk = obj.pattern, obj.pk
+        super().delete_model(request, obj)
+        _audit(request, AuditEvent.Action.CLAIM_DELETED, pattern, claim=pk)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        doomed = [(claim.pattern, claim.pk) for claim in queryset]
+        super().delete_queryset(request, queryset)
+        for pattern, pk in doomed:
+            _audit(request, AuditEvent.Action.CLAIM_DELETED, pattern, claim=pk)
+
+
+# The request log (inspector.py)
+
+
+class StatusClassFilter(admin.SimpleListFilter):
+    """2xx, 3xx, 4xx or 5xx."""
+
+    title = "status class"
+    parameter_name = "status_class"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(str(n), f"{n}xx") for n in (1, 2, 3, 4, 5)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value and value.isdigit():
+            base = int(value) * 100
+            return queryset.filter(status__gte=base, status__lt=base + 100)
+        return queryset
+
+
+def _preview(data: bytes | memoryview | None, total: int) -> str:
+    """A body as text in a <pre>, or a hex dump of its start when it is not UTF-8."""
+    if data is None:
+        return "not stored (INSPECTOR_CAPTURE_BODIES is off)" if total else "(empty)"
+    raw = bytes(data)
+    note = "" if len(raw) >= total else f"\n… first {len(raw)} of {total} bytes"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = f"{len(raw)} bytes of binary data: " + raw[:512].hex(" ")
+    return format_html("<pre style='white-space: pre-wrap'>{}{}</pre>", text, note)
+
+
+@admin.register(RequestLog)
+class RequestLogAdmin(admin.ModelAdmin):
+    """Read-only: written by the gateway; replaying sends a logged request again."""
+
+    list_display = [
+        "started_at",
+        "label_link",
+        "method",
+        "short_target",
+        "status",
+        "transport",
+        "duration",
+        "request_bytes",
+        "response_bytes",
+        "requesting_client",
+    ]
+    list_filter = [StatusClassFilter, "transport", "label", "status"]
+    search_fields = ["label", "target", "requesting_client"]
+    date_hierarchy = "started_at"
+    list_per_page = 50
+    actions = ["replay_to_application", "delete_selected"]
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "label",
+                    "started_at",
+                    "method",
+                    "target",
+                    "status",
+                    "transport",
+                    "duration_ms",
+                    "requesting_client",
+                    "request_bytes",
+                    "response_bytes",
+                ]
+            },
+        ),
+        ("Request", {"fields": ["request_head_text", "request_body_text"]}),
+        ("Response", {"fields": ["response_headers_text", "response_body_text"]}),
+    ]
+    readonly_fields = [
+        "label",
+        "started_at",
+        "method",
+        "target",
+        "status",
+        "transport",
+        "duration_ms",
+        "requesting_client",
+        "request_bytes",
+        "response_bytes",
+        "request_head_text",
+        "request_body_text",
+        "response_headers_text",
+        "response_body_text",
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        queryset = super().get_queryset(request)
+        match = request.resolver_match
+        if match is not None and (match.url_name or "").endswith("changelist"):
+            return queryset.defer("request_body", "response_body", "request_head")
+        return queryset
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        user = request.user
+        return bool(user.is_active and user.is_staff) and user.has_perm(
+            "reversehttp_gateway.replay_requestlog"
+        )
+
+    @admin.display(description="label", ordering="label")
+    def label_link(self, obj: RequestLog) -> str:
+        return _changelist_link(Registration, obj.label, label=obj.label)
+
+    @admin.display(description="target", ordering="target")
+    def short_target(self, obj: RequestLog) -> str:
+        return obj.target if len(obj.target) <= 60 else obj.target[:59] + "…"
+
+    @admin.display(description="duration", ordering="duration_ms")
+    def duration(self, obj: RequestLog) -> str:
+        return f"{obj.duration_ms:.1f} ms"
+
+    @admin.display(description="head")
+    def request_head_text(self, obj: RequestLog) -> str:
+        note = "\n… cut at 16 KiB" if obj.request_head_truncated else ""
+        return format_html("<pre style='white-space: pre-wrap'>{}{}</pre>", obj.request_head, note)
+
+    @admin.display(description="body")
+    def request_body_text(self, obj: RequestLog) -> str:
+        return _preview(obj.request_body, obj.request_bytes)
+
+    @admin.display(description="headers")
+    def response_headers_text(self, obj: RequestLog) -> str:
+        return format_html("<pre style='white-space: pre-wrap'>{}</pre>", obj.response_headers)
+
+    @admin.display(description="body")
+    def response_body_text(self, obj: RequestLog) -> str:
+        return _preview(obj.response_body, obj.response_bytes)
+
+    @admin.action(permissions=["replay"], description="Replay to the application")
+    def replay_to_application(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        """Send each selected request again and wait for the answer (at most REPLY_TIMEOUT)."""
+        logs = list(queryset[: inspector.REPLAY_LIMIT + 1])
+        if len(logs) > inspector.REPLAY_LIMIT:
+            self.message_user(
+                request,
+                f"Only the first {inspector.REPLAY_LIMIT} selected requests are replayed.",
+                messages.WARNING,
+            )
+        for log in logs[: inspector.REPLAY_LIMIT]:
+            try:
+                result = inspector.replay(
+                    log, actor=request.user, actor_ip=request.META.get("REMOTE_ADDR")
+                )
+            except inspector.ReplayRefused as exc:
+                self.message_user(request, f"Not replayed: {log}: {exc}.", messages.ERROR)
+                continue
+            url = reverse("admin:reversehttp_gateway_requestlog_change", args=[result.log.pk])
+            self.message_user(
+                request,
+                format_html(
+                    'Replayed {} {} to “{}”: {} in {} ms (<a href="{}">logged</a>).',
+                    log.method,
+                    log.target,
+                    log.label,
+                    inspector.status_text(result.status),
+                    f"{result.duration * 1000:.0f}",
+                    url,
+                ),
+                messages.SUCCESS if result.status < 500 else messages.WARNING,
+            )
+
+
+# The audit log
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Read-only: who did what, recorded by the gateway and by this admin."""
+
+    list_display = ["at", "action", "label", "actor", "actor_ip", "detail_text"]
+    list_filter = ["action", ("actor", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["label", "actor_ip"]
+    date_hierarchy = "at"
+    list_select_related = ["actor"]
+    list_per_page = 100
+    fields = ["at", "action", "label", "actor", "actor_ip", "detail_text"]
+    readonly_fields = fields
+
+    def get_search_fields(self, request: HttpRequest) -> list[str]:
+        return [*self.search_fields, f"actor__{get_user_model().USERNAME_FIELD}"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # pruned after AUDIT_RETENTION only
+
+    @admin.display(description="detail")
+    def detail_text(self, obj: AuditEvent) -> str:
+        return ", ".join(f"{key}={value}" for key, value in sorted(obj.detail.items()))

@@ -11,7 +11,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from .conf import gateway_settings
-from .models import Registration
+from .models import AuditEvent, Registration
 from .queue.base import Broker, BrokerUnavailable
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,11 @@ def _save(changed: list[Registration], expired: list[Registration]) -> list[Regi
         ).update(status=Registration.Status.EXPIRED, expires_at=registration.expires_at)
         if updated:
             really_expired.append(registration)
+    expired_event = AuditEvent.Action.EXPIRED
+    AuditEvent.objects.bulk_create(
+        AuditEvent(action=expired_event, label=r.label, detail={"lease": r.lease_seconds})
+        for r in really_expired
+    )
     return really_expired
 
 

@@ -64,10 +64,12 @@ class Runtime:
                 broker.max_pollers = gateway_settings.MAX_POLLERS_PER_LABEL
                 await broker.start()
                 self._broker = broker
+                from .inspector import keep_request_log
                 from .leases import keep_leases
                 from .metrics import install as install_metrics
 
                 self.spawn(keep_leases(broker))
+                self.spawn(keep_request_log())  # request log writer, dashboard traffic
                 install_metrics()  # Prometheus counters, when METRICS_TOKEN is set
         return self._broker
 

@@ -9,12 +9,16 @@ long-poll transport. The ORM is used only for registration changes, never for po
 from __future__ import annotations
 
 import json
-from html import escape
+import logging
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from . import registry
+from django.db import DatabaseError
+
+from . import inspector, registry
 from .addresses import RegistrationAddress
 from .conf import gateway_settings
+from .dashboard import queue_gauges
 from .http import (
     BodyTooLarge,
     ClientDisconnected,
@@ -26,10 +30,12 @@ from .http import (
     respond,
     respond_error,
 )
-from .models import Registration
+from .models import AuditEvent, Registration
 from .queue.base import Broker
 from .resolution import resolve_private_url, run_db
 from .transports import jsonpoll, longpoll
+
+logger = logging.getLogger(__name__)
 
 FORM_LIMIT = 64 * 1024
 
@@ -102,8 +108,10 @@ async def register(scope: Scope, receive: Receive, send: Send, broker: Broker) -
     except ClientDisconnected:
         return
     client_ip = _client_ip(scope)
-    limit = gateway_settings.REGISTRATIONS_PER_MINUTE
-    if limit > 0 and await broker.hit(f"register:{client_ip}", 60) > limit:
+    # Only new registrations and refusals count: refreshes (204) are how a client gets one
+    # Request URL per poller, and must not lock it out.
+    bucket, limit = f"register:{client_ip}", gateway_settings.REGISTRATIONS_PER_MINUTE
+    if limit > 0 and await broker.hit(bucket, 60, 0) >= limit:
         await respond_error(
             send, 429, "Too many registrations from your address; slow down", retry_after=60
         )
@@ -120,11 +128,16 @@ async def register(scope: Scope, receive: Receive, send: Send, broker: Broker) -
             client_ip=_client_ip(scope),
         )
     except registry.RegistrationError as exc:
+        await broker.hit(bucket, 60)
         await respond_error(send, exc.status, exc.message)
         return
+    if enrolled.created:
+        await broker.hit(bucket, 60)
     registration = enrolled.registration
     address = RegistrationAddress(registration.label, registration.nonce)
     await broker.activate(address.key, address.label)
+    action = AuditEvent.Action.REGISTERED if enrolled.created else AuditEvent.Action.REFRESHED
+    await _audit(action, scope, registration, revived=registration.revived_since_loaded)
     await respond(send, 201 if enrolled.created else 204, address.registration_headers())
 
 
@@ -151,9 +164,17 @@ async def private(
         deleted = await run_db(_delete_row, address)
         await broker.deactivate(address.key, address.label)
         if deleted:
+            await _audit(AuditEvent.Action.DELETED, scope, registration)
             await respond(send, 204)
         else:
             await respond_error(send, 404, "No such registration")
+        return
+    if method == "POST":  # one more Request URL, for another poller (no re-registration)
+        if registration.status != Registration.Status.ACTIVE:
+            await respond_error(send, 404, "This registration has expired; register again")
+            return
+        await broker.activate(address.key, address.label)
+        await respond(send, 204, address.registration_headers())
         return
     if method == "PUT":
         try:
@@ -172,11 +193,12 @@ async def private(
             await respond_error(send, exc.status, exc.message)
             return
         await broker.activate(address.key, address.label)
+        await _audit(AuditEvent.Action.RECONFIGURED, scope, registration, token="token" in form)
         await respond(send, 204, address.registration_headers())
         return
     if method not in ("GET", "HEAD"):
         await respond_error(
-            send, 405, "Method not allowed", headers=[(b"allow", b"GET, HEAD, PUT, DELETE")]
+            send, 405, "Method not allowed", headers=[(b"allow", b"GET, HEAD, POST, PUT, DELETE")]
         )
         return
     activity = (await broker.activity([address.key]))[address.key]
@@ -191,16 +213,11 @@ async def private(
     head = method == "HEAD"
     kind = _wants(scope)
     if kind == "json":
+        state["queue_depth"] = (await queue_gauges(broker, [address.key]))[address.key].queue_depth
         body = json.dumps(state).encode()
         await respond(send, 200, [(b"content-type", b"application/json")], body, head=head)
-    elif kind == "html":
-        rows = "".join(
-            f"<tr><th>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>" for k, v in state.items()
-        )
-        page = (
-            f"<!doctype html><title>{escape(registration.label)}</title>"
-            f"<h1>Registration {escape(registration.label)}</h1><table>{rows}</table>"
-        )
+    elif kind == "html":  # a template with the queue and the request log (inspector.py)
+        page = await inspector.status_page(broker, address.key, state)
         await respond(
             send, 200, [(b"content-type", b"text/html; charset=utf-8")], page.encode(), head=head
         )
@@ -215,6 +232,21 @@ async def private(
             body.encode(),
             head=head,
         )
+
+
+async def _audit(action: str, scope: Scope, registration: Registration, **detail: Any) -> None:
+    """Record an audit event; a database failure is logged, it does not fail the request."""
+    try:
+        await run_db(
+            AuditEvent.record,
+            action,
+            label=registration.label,
+            actor_ip=_client_ip(scope),
+            lease=registration.lease_seconds,
+            **detail,
+        )
+    except DatabaseError as exc:
+        logger.warning("Audit event %s of %s not recorded: %s", action, registration.label, exc)
 
 
 def _delete_row(address: RegistrationAddress) -> bool:
