@@ -131,11 +131,38 @@ if "RHGW_PTTH_FORWARDED" in os.environ:
 if "RHGW_CORS_ALLOWED_ORIGINS" in os.environ:  # comma-separated, e.g. "http://localhost:3000"
     _origins = os.environ["RHGW_CORS_ALLOWED_ORIGINS"].split(",")
     REVERSEHTTP_GATEWAY["CORS_ALLOWED_ORIGINS"] = [o.strip() for o in _origins if o.strip()]
+if os.environ.get("RHGW_METRICS_TOKEN"):  # enables GET /metrics with this bearer token
+    from reversehttp_gateway.conf import DEFAULTS as _DEFAULTS
+
+    REVERSEHTTP_GATEWAY["METRICS_TOKEN"] = os.environ["RHGW_METRICS_TOKEN"]
+    REVERSEHTTP_GATEWAY.setdefault("RESERVED_LABELS", [*_DEFAULTS["RESERVED_LABELS"], "metrics"])
+if "RHGW_METRICS_PER_LABEL" in os.environ:
+    _per_label = os.environ["RHGW_METRICS_PER_LABEL"].strip().lower()
+    REVERSEHTTP_GATEWAY["METRICS_PER_LABEL"] = _per_label not in ("0", "", "false", "no", "off")
+if "RHGW_LOG_FORMAT" in os.environ:  # "json": one JSON object per log line
+    REVERSEHTTP_GATEWAY["LOG_FORMAT"] = os.environ["RHGW_LOG_FORMAT"]
+for _name in ("INSPECTOR_ENABLED", "INSPECTOR_CAPTURE_BODIES"):  # request inspector
+    if f"RHGW_{_name}" in os.environ:
+        _flag = os.environ[f"RHGW_{_name}"].strip().lower()
+        REVERSEHTTP_GATEWAY[_name] = _flag not in ("0", "", "false", "no", "off")
+for _name, _cast in [
+    ("INSPECTOR_BODY_LIMIT", int),
+    ("INSPECTOR_RETENTION", float),
+    ("INSPECTOR_MAX_PER_LABEL", int),
+    ("AUDIT_RETENTION", float),
+]:
+    if f"RHGW_{_name}" in os.environ:
+        REVERSEHTTP_GATEWAY[_name] = _cast(os.environ[f"RHGW_{_name}"])
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"line": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "formatters": {
+        "line": {
+            "()": "reversehttp_gateway.logformat.GatewayFormatter",  # JSON if LOG_FORMAT="json"
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        }
+    },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "line"}},
     "loggers": {
         "reversehttp_gateway": {"handlers": ["console"], "level": "INFO", "propagate": False},

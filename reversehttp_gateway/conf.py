@@ -78,6 +78,24 @@ DEFAULTS: dict[str, Any] = {
     # Origins whose pages may call the gateway endpoints (everything under SERVICE_PATH) from
     # another origin: ["https://app.example"], or ["*"] for any; [] sends no CORS headers.
     "CORS_ALLOWED_ORIGINS": [],
+    # Bearer token that Prometheus sends to GET /metrics; None disables the endpoint (404).
+    "METRICS_TOKEN": None,
+    # Add a "label" dimension (the registration's label) to the per-request metrics and gauges.
+    "METRICS_PER_LABEL": False,
+    # "text" or "json": what reversehttp_gateway.logformat.GatewayFormatter writes.
+    "LOG_FORMAT": "text",
+    # Request inspector (docs/inspector.md): log every public request of a registration.
+    "INSPECTOR_ENABLED": True,
+    # Also store request and response bodies (cut at INSPECTOR_BODY_LIMIT bytes each).
+    "INSPECTOR_CAPTURE_BODIES": False,
+    "INSPECTOR_BODY_LIMIT": 4096,
+    # Seconds a logged request is kept, and the most rows kept per label.
+    "INSPECTOR_RETENTION": 7 * 86400,
+    "INSPECTOR_MAX_PER_LABEL": 1000,
+    # Header values stored as "[redacted]" (case-insensitive names); [] stores them as sent.
+    "INSPECTOR_REDACT_HEADERS": ["Authorization", "Proxy-Authorization", "Cookie", "Set-Cookie"],
+    # Seconds audit events are kept; None keeps them forever.
+    "AUDIT_RETENTION": 90 * 86400,
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -85,6 +103,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "BROKER": ("memory", "redis"),
     "ENROLMENT": ("open", "token", "claims"),
     "HYPHEN_TOKEN": ("shared", "random", "refuse"),
+    "LOG_FORMAT": ("text", "json"),
 }
 
 
@@ -254,6 +273,50 @@ class GatewaySettings:
         if not isinstance(value, list | tuple):
             return ()
         return tuple(str(origin).strip().lower() for origin in value)
+
+    @property
+    def METRICS_TOKEN(self) -> str | None:
+        """The metrics token; None when unset or not a non-empty string (check E009)."""
+        value = self._get("METRICS_TOKEN")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def METRICS_PER_LABEL(self) -> bool:
+        return bool(self._get("METRICS_PER_LABEL"))
+
+    @property
+    def LOG_FORMAT(self) -> str:
+        return str(self._get("LOG_FORMAT"))
+
+    @property
+    def INSPECTOR_ENABLED(self) -> bool:
+        return bool(self._get("INSPECTOR_ENABLED"))
+
+    @property
+    def INSPECTOR_CAPTURE_BODIES(self) -> bool:
+        return bool(self._get("INSPECTOR_CAPTURE_BODIES"))
+
+    @property
+    def INSPECTOR_BODY_LIMIT(self) -> int:
+        return int(self._get("INSPECTOR_BODY_LIMIT"))
+
+    @property
+    def INSPECTOR_RETENTION(self) -> float:
+        return float(self._get("INSPECTOR_RETENTION"))
+
+    @property
+    def INSPECTOR_MAX_PER_LABEL(self) -> int:
+        return int(self._get("INSPECTOR_MAX_PER_LABEL"))
+
+    @property
+    def INSPECTOR_REDACT_HEADERS(self) -> frozenset[str]:
+        names = self._get("INSPECTOR_REDACT_HEADERS") or ()
+        return frozenset(str(name).strip().lower() for name in names)
+
+    @property
+    def AUDIT_RETENTION(self) -> float | None:
+        value = self._get("AUDIT_RETENTION")
+        return float(value) if value not in (None, "") else None
 
     def public_url(self, label: str) -> str:
         """The public URL of ``label`` in the configured mode (RH-13)."""

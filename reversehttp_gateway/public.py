@@ -96,6 +96,17 @@ async def handle(scope: Scope, receive: Receive, send: Send, broker: Broker, lab
             outcome.request_bytes,
             response_bytes,
             duration * 1000,
+            extra={  # fields of a JSON log line (logformat.py)
+                "label": label,
+                "method": scope["method"],
+                "target": target,
+                "status": outcome.status,
+                "transport": transport,
+                "duration_ms": round(duration * 1000, 1),
+                "bytes_in": outcome.request_bytes,
+                "bytes_out": response_bytes,
+                "client": client,
+            },
         )
         events.publish(
             events.RelayRecord(

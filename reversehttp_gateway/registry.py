@@ -48,6 +48,28 @@ def _token_for(raw: str | None) -> str:
     return raw
 
 
+def _lease_seconds(raw: str | None) -> int:
+    """The lease asked for, clamped (RH-05, RH-06); 400 when it is not a number."""
+    try:
+        return parse_lease(
+            raw,
+            default=gateway_settings.DEFAULT_LEASE,
+            minimum=gateway_settings.MIN_LEASE,
+            maximum=gateway_settings.MAX_LEASE,
+        )
+    except ValueError as exc:
+        raise RegistrationError(400, str(exc)) from exc
+
+
+def _restart_lease(registration: Registration) -> None:
+    """Mark active and start the lease clock from now (the lease keeper takes it from there)."""
+    now = timezone.now()
+    registration.status = Registration.Status.ACTIVE
+    registration.refreshed_at = now
+    registration.dormant_since = now
+    registration.expires_at = now + timedelta(seconds=registration.lease_seconds)
+
+
 def authenticate_bearer(authorization: str | None) -> AccessToken | None:
     """The usable AccessToken named by an ``Authorization: Bearer`` value; 401 if it is bad."""
     if not authorization:
@@ -84,14 +106,9 @@ def register(
     """Create (201) or refresh (204) the registration of ``name`` (RH-01..RH-10)."""
     try:
         label = normalize_label(name, gateway_settings.RESERVED_LABELS)
-        lease_seconds = parse_lease(
-            lease,
-            default=gateway_settings.DEFAULT_LEASE,
-            minimum=gateway_settings.MIN_LEASE,
-            maximum=gateway_settings.MAX_LEASE,
-        )
     except ValueError as exc:
         raise RegistrationError(400, str(exc)) from exc
+    lease_seconds = _lease_seconds(lease)
     access = authenticate_bearer(authorization)
     _check_enrolment(label, access)
     secret_token = _token_for(token)
@@ -101,27 +118,24 @@ def register(
             existing = Registration.objects.select_for_update().filter(label=label).first()
             if existing is not None and credentials.matches(secret_token, existing.token_digest):
                 created = existing.status == Registration.Status.EXPIRED
-                existing.status = Registration.Status.ACTIVE
                 existing.lease_seconds = lease_seconds
-                existing.refreshed_at = now
-                existing.dormant_since = now
-                existing.expires_at = now + timedelta(seconds=lease_seconds)
+                _restart_lease(existing)
                 existing.save()
                 return Enrolled(existing, created)
             if existing is not None and existing.status == Registration.Status.ACTIVE:
                 raise RegistrationError(403, "Bad token")
             if existing is not None:  # an expired tombstone of someone else: the label is free
                 existing.delete()
-            registration = Registration.objects.create(
+            registration = Registration(
                 label=label,
                 nonce=capabilities.new_nonce(),
                 token_digest=credentials.digest(secret_token),
                 lease_seconds=lease_seconds,
                 access_token=access,
                 registered_from=client_ip,
-                dormant_since=now,
-                expires_at=now + timedelta(seconds=lease_seconds),
             )
+            _restart_lease(registration)
+            registration.save(force_insert=True)
     except IntegrityError as exc:  # a concurrent registration of the same label won
         raise RegistrationError(403, "Bad token") from exc
     if access is not None:
@@ -154,43 +168,23 @@ def revive(label: str, secret: str) -> Registration | None:
                     )
                 except RegistrationError:
                     return None
-            now = timezone.now()
-            registration.status = Registration.Status.ACTIVE
-            registration.refreshed_at = now
-            registration.dormant_since = now
-            registration.expires_at = now + timedelta(seconds=registration.lease_seconds)
+            _restart_lease(registration)
             registration.save()
         return registration
 
 
 def reconfigure(registration: Registration, *, token: str | None, lease: str | None) -> None:
     """PUT on the private URL: new lease and token; a supplied name is ignored (RH-82)."""
-    try:
-        if lease is not None:
-            registration.lease_seconds = parse_lease(
-                lease,
-                default=gateway_settings.DEFAULT_LEASE,
-                minimum=gateway_settings.MIN_LEASE,
-                maximum=gateway_settings.MAX_LEASE,
-            )
-    except ValueError as exc:
-        raise RegistrationError(400, str(exc)) from exc
+    if lease is not None:
+        registration.lease_seconds = _lease_seconds(lease)
     if token is not None:
         registration.token_digest = credentials.digest(_token_for(token))
-    now = timezone.now()
-    registration.status = Registration.Status.ACTIVE
-    registration.refreshed_at = now
-    registration.dormant_since = now
-    registration.expires_at = now + timedelta(seconds=registration.lease_seconds)
+    _restart_lease(registration)
     registration.save()
 
 
 def extend_lease(registration: Registration, seconds: int) -> None:
     """Admin action: push the expiry back by ``seconds`` from now."""
-    now = timezone.now()
     registration.lease_seconds = max(registration.lease_seconds, seconds)
-    registration.refreshed_at = now
-    registration.dormant_since = now
-    registration.expires_at = now + timedelta(seconds=registration.lease_seconds)
-    registration.status = Registration.Status.ACTIVE
+    _restart_lease(registration)
     registration.save()

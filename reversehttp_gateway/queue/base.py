@@ -229,8 +229,9 @@ class Broker(abc.ABC):
         streamed body), so that a re-delivery (RH-29) sends the whole request again."""
 
     @abc.abstractmethod
-    async def hit(self, bucket: str, window: int) -> int:
-        """Count one event in ``bucket`` for a fixed window of ``window`` seconds (rate limits)."""
+    async def hit(self, bucket: str, window: int, amount: int = 1) -> int:
+        """Count ``amount`` events in ``bucket`` for a fixed window of ``window`` seconds and
+        return the count so far (``amount=0`` only reads it). For rate limits."""
 
     async def housekeeping(self) -> None:  # noqa: B027 (optional hook)
         """Periodic clean-up (called by the lease keeper); nothing by default."""

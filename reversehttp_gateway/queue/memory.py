@@ -205,13 +205,13 @@ class MemoryBroker(Broker):
             for key in keys
         }
 
-    async def hit(self, bucket: str, window: int) -> int:
+    async def hit(self, bucket: str, window: int, amount: int = 1) -> int:
         moment = now()
         count, resets = self._hits.get(bucket, (0, moment + window))
         if moment >= resets:
             count, resets = 0, moment + window
-        self._hits[bucket] = (count + 1, resets)
-        return count + 1
+        self._hits[bucket] = (count + amount, resets)
+        return count + amount
 
     def _stream(self, name: str) -> asyncio.Queue[tuple[bytes, int]]:
         queue = self._streams.get(name)

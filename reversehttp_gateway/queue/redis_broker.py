@@ -506,10 +506,10 @@ class RedisBroker(Broker):
         await self._redis.delete(taking)
         logger.warning("Re-queued the requests held by the crashed gateway process %s", proc)
 
-    async def hit(self, bucket: str, window: int) -> int:
+    async def hit(self, bucket: str, window: int, amount: int = 1) -> int:
         key = self._k("hits", bucket)
         async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
+            pipe.incrby(key, amount)
             pipe.expire(key, window, nx=True)
             count, _ = await pipe.execute()
         return int(count)

@@ -37,6 +37,7 @@ from .. import capabilities
 from ..addresses import RegistrationAddress
 from ..conf import gateway_settings
 from ..http import Receive, Scope, Send
+from ..protocol.embedded_request import with_content_length
 from ..protocol.embedded_response import InvalidResponse, parse_embedded_response
 from ..queue.base import (
     Broker,
@@ -46,7 +47,7 @@ from ..queue.base import (
     StreamAborted,
     TooManyPollers,
 )
-from .delivery import take_and_bind
+from .delivery import SlotBusy, take_and_bind
 from .longpoll import BAD_REPLY_MESSAGE
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class _Connection:
         self.gone = asyncio.Event()
         self.in_flight: dict[str, tuple[PublicRequest, asyncio.Future[None]]] = {}
         self.loops: list[asyncio.Task[None]] = []
+        self.wanted = 0
         self.send_lock = asyncio.Lock()
         self.response_streams: dict[str, tuple[str, int]] = {}  # id -> (stream, bytes so far)
         self.credit: dict[str, int] = {}  # request bodies: bytes the application still accepts
@@ -80,31 +82,40 @@ class _Connection:
             await self.send({"type": "websocket.send", "bytes": pack(kind, ident, payload)})
 
     def set_concurrency(self, wanted: int) -> None:
+        """Run ``wanted`` take loops; lowering it (even to 0) lets the surplus loops end after
+        their current request (an application draining before it closes)."""
         self.loops = [loop for loop in self.loops if not loop.done()]
+        self.wanted = wanted
         while len(self.loops) < wanted:
             self.loops.append(asyncio.ensure_future(self._take_loop()))
 
     async def _take_loop(self) -> None:
         """Take one request, send it, wait for its response; repeat until the socket closes."""
         while not self.gone.is_set():
+            if sum(1 for loop in self.loops if not loop.done()) > self.wanted:
+                return  # the application lowered its concurrency
             slot = capabilities.new_slot(self.address.key)
             try:
                 taken = await take_and_bind(self.broker, self.address.key, slot, self.gone)
             except RegistrationGone:
+                # Requests in flight still get their answers (RH-52); close once they have.
+                while self.in_flight and not self.gone.is_set():
+                    await asyncio.sleep(0.05)
                 await self.close(4410, "registration deleted")
                 return
-            except TooManyPollers:
+            except (TooManyPollers, SlotBusy):
                 return  # this connection serves fewer requests at once than it asked for
             if taken is None:
                 continue
             answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.in_flight[slot] = (taken.request, answered)
             request = taken.request
+            head = request.envelope
+            if request.body_stream and request.body_length is not None:
+                head = with_content_length(head, request.body_length)
             try:
                 await self.send_frame(
-                    "request",
-                    slot,
-                    [request.envelope, request.requesting_client, bool(request.body_stream)],
+                    "request", slot, [head, request.requesting_client, bool(request.body_stream)]
                 )
                 if request.body_stream:
                     await self._send_body(slot, request)
@@ -204,6 +215,18 @@ class _Connection:
             if chunk:  # the requestor's side took it: the application may send as much again
                 await self.send_frame("window", ident, len(chunk))
 
+    async def on_app_error(self, ident: str, text: str) -> None:
+        """The application gives up on ``ident``: abort its streamed response, or answer 502."""
+        entry = self.response_streams.pop(ident, None)
+        if entry is not None:
+            with contextlib.suppress(Exception):
+                await self.broker.stream_write(entry[0], abort=text or "The application failed")
+        elif ident in self.in_flight:
+            claimed = await self.broker.claim(ident)
+            if claimed is not None:
+                await self.broker.route_reply(claimed, Reply.error(502, BAD_REPLY_MESSAGE))
+        self._finish(ident)
+
     def _finish(self, ident: str) -> None:
         entry = self.in_flight.pop(ident, None)
         if entry is not None and not entry[1].done():
@@ -272,7 +295,7 @@ async def serve(
                 kind, ident, payload = msgpack.unpackb(data, raw=False) if data else (None,) * 3
             except (ValueError, TypeError, msgpack.ExtraData, msgpack.UnpackException):
                 kind = ident = payload = None
-            if kind == "ready" and isinstance(payload, int) and 1 <= payload <= MAX_CONCURRENCY:
+            if kind == "ready" and isinstance(payload, int) and 0 <= payload <= MAX_CONCURRENCY:
                 connection.set_concurrency(payload)
             elif kind == "response" and isinstance(ident, str) and isinstance(payload, bytes):
                 if len(payload) > gateway_settings.MAX_BODY_SIZE + 65536:
@@ -281,6 +304,8 @@ async def serve(
                 await connection.on_response(ident, payload)
             elif kind == "response-start" and isinstance(ident, str) and isinstance(payload, bytes):
                 await connection.on_response_start(ident, payload)
+            elif kind == "error" and isinstance(ident, str):
+                await connection.on_app_error(ident, str(payload))
             elif kind == "window" and isinstance(ident, str) and isinstance(payload, int):
                 connection.grant(ident, payload)
             elif kind in ("body", "end") and isinstance(ident, str) and isinstance(payload, bytes):

@@ -127,3 +127,16 @@ async def test_only_gateway_cookies_means_no_cookie_header(gateway):
         assert b"Cookie" not in delivered.content
         await client.post(reg.first, content=envelope())
         await public
+
+
+async def test_refreshes_do_not_count_against_the_registration_limit(start_gateway):
+    gw = start_gateway("memory", REGISTRATIONS_PER_MINUTE="2")
+    async with httpx.AsyncClient(timeout=15) as client:
+        name = unique_label()
+        for _ in range(5):  # one new registration, then refreshes for more pollers
+            response = await client.post(gw.service_url, data={"name": name, "token": "t"})
+            assert response.status_code in (201, 204)
+        refused = await client.post(gw.service_url, data={"name": name, "token": "wrong"})
+        assert refused.status_code == 403  # counts
+        limited = await client.post(gw.service_url, data={"name": unique_label()})
+        assert limited.status_code == 429

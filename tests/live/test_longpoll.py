@@ -270,7 +270,7 @@ async def test_private_url_get_and_put(gateway, client):
     as_json = await client.get(reg.private, headers={"Accept": "application/json"})
     assert as_json.json()["name"] == name
     html = await client.get(reg.private, headers={"Accept": "text/html"})
-    assert "<table>" in html.text
+    assert "<table" in html.text and name in html.text
     put = await client.put(reg.private, data={"lease": "120", "token": "new", "name": "zzz"})
     assert put.status_code == 204
     fields = dict(httpx.QueryParams((await client.get(reg.private)).text))

@@ -134,3 +134,73 @@ async def test_delete_closes_the_websocket(gateway):
             with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), 5)
             assert closed.value.rcvd.code == 4410
+
+
+async def test_lowering_concurrency_to_zero_drains(gateway):
+    """ready 0: requests in hand are answered, no new one is sent; long-pollers get the rest."""
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg = await register(client, gateway.service_url, unique_label())
+        async with websockets.connect(ws_url(reg.private)) as ws:
+            await ws.send(frame("ready", "", 1))
+            await asyncio.sleep(0.2)
+            first = asyncio.ensure_future(client.get(reg.public + "held"))
+            _, ident, _ = msgpack.unpackb(await ws.recv(), raw=False)
+            await ws.send(frame("ready", "", 0))
+            await ws.send(frame("response", ident, envelope(body=b"last")))
+            assert (await first).text == "last"
+            await asyncio.sleep(0.3)
+            later = asyncio.ensure_future(client.get(reg.public + "later"))
+            delivered = await client.get(reg.first)
+            assert b"/later HTTP/1.1" in delivered.content
+            await client.post(reg.first, content=envelope(body=b"poll"))
+            assert (await later).text == "poll"
+
+
+async def test_application_error_frame_gives_502(gateway):
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg = await register(client, gateway.service_url, unique_label())
+        async with websockets.connect(ws_url(reg.private)) as ws:
+            await ws.send(frame("ready", "", 1))
+            await asyncio.sleep(0.2)
+            public = asyncio.ensure_future(client.get(reg.public))
+            _, ident, _ = msgpack.unpackb(await ws.recv(), raw=False)
+            await ws.send(frame("error", ident, "handler crashed"))
+            assert (await public).status_code == 502
+
+
+async def test_delete_waits_for_requests_in_hand(gateway):
+    """RH-52 on the WebSocket: a DELETE closes the socket only after in-flight answers."""
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg = await register(client, gateway.service_url, unique_label())
+        async with websockets.connect(ws_url(reg.private)) as ws:
+            await ws.send(frame("ready", "", 2))
+            await asyncio.sleep(0.2)
+            public = asyncio.ensure_future(client.get(reg.public + "inflight"))
+            _, ident, _ = msgpack.unpackb(await ws.recv(), raw=False)
+            assert (await client.delete(reg.private)).status_code == 204
+            await asyncio.sleep(0.3)
+            await ws.send(frame("response", ident, envelope(body=b"answered")))
+            assert (await public).text == "answered"
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+            assert closed.value.rcvd.code == 4410
+
+
+async def test_whole_response_frames_up_to_max_body_size(gateway):
+    async with httpx.AsyncClient(timeout=30) as client:
+        reg = await register(client, gateway.service_url, unique_label())
+        async with websockets.connect(ws_url(reg.private), max_size=None) as ws:
+            await ws.send(frame("ready", "", 1))
+            await asyncio.sleep(0.2)
+            public = asyncio.ensure_future(client.get(reg.public))
+            _, ident, _ = msgpack.unpackb(await ws.recv(), raw=False)
+            body = b"z" * (3 * 1024 * 1024)
+            await ws.send(
+                frame(
+                    "response",
+                    ident,
+                    envelope(headers={"Content-Length": str(len(body))}, body=body),
+                )
+            )
+            response = await public
+            assert response.status_code == 200 and len(response.content) == len(body)
