@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -62,6 +63,25 @@ def watch_disconnect(receive: Receive) -> tuple[asyncio.Event, asyncio.Task[None
                 return
 
     return gone, asyncio.ensure_future(watch())
+
+
+class ResponseAborted(Exception):
+    """Raised to make an ASGI server drop a connection whose response cannot be completed."""
+
+
+def abort_response(send: Send) -> None:
+    """Drop the client's connection in the middle of a response, so that it sees the body is
+    incomplete (a streamed body whose source broke off).
+
+    Under Daphne ``send`` is bound to the request's Twisted protocol and the connection is
+    aborted directly; under other servers ResponseAborted is raised, which makes them close it.
+    """
+    protocol = send.args[0] if isinstance(send, functools.partial) and send.args else None
+    transport = getattr(getattr(protocol, "channel", None), "transport", None)
+    if transport is not None and hasattr(transport, "abortConnection"):
+        transport.abortConnection()
+        return
+    raise ResponseAborted
 
 
 async def respond(

@@ -22,6 +22,7 @@ from .http import (
     Receive,
     Scope,
     Send,
+    abort_response,
     header,
     respond,
     respond_error,
@@ -354,9 +355,10 @@ async def _send_streamed(
             if not head:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
     except (TimeoutError, StreamAborted) as exc:
-        # The status is sent already: ending without the final body message makes the server
-        # close the connection, which tells the client the body is incomplete.
+        # The status is sent already: drop the connection, which tells the client that the
+        # body is incomplete (a short chunked body would look complete).
         logger.warning("Streamed response %s broke off: %s", reply.stream, exc)
         await broker.stream_discard(reply.stream)
+        abort_response(send)
         return
     await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -22,6 +22,7 @@ import contextlib
 import http
 import logging
 import re
+import secrets
 import socket
 import time
 from collections.abc import Iterable
@@ -40,11 +41,11 @@ from ..queue.base import (
     PublicRequest,
     RegistrationGone,
     Reply,
+    StreamAborted,
     Taken,
     now,
 )
 from ..resolution import BadToken, resolve_private_url, resolve_token
-from .delivery import buffer_streamed_body
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("reversehttp_gateway.access")
@@ -132,11 +133,15 @@ def forwarded_value(requesting_client: str) -> bytes:
     return b'for="' + requesting_client.encode("ascii", "replace") + b'"'
 
 
-def encode_request(envelope: bytes, *, forwarded_for: str | None) -> tuple[h11.Request, bytes]:
+def encode_request(
+    envelope: bytes, *, forwarded_for: str | None, streamed_length: int | None | bool = False
+) -> tuple[h11.Request, bytes]:
     """The queued ``message/http`` envelope as a request to write on a reversed socket (PT-05).
 
     The envelope keeps its method, raw target, Host and other headers (names in their original
     case, duplicates in order); ``Forwarded: for=...`` is appended when ``forwarded_for`` is given.
+    For a streamed body (``streamed_length`` an int or None) the envelope is a head only, and
+    the request gets ``Content-Length`` (when known) or ``Transfer-Encoding: chunked``.
 
     Raises:
         ValueError: the envelope is not a request h11 accepts.
@@ -166,6 +171,12 @@ def encode_request(envelope: bytes, *, forwarded_for: str | None) -> tuple[h11.R
     headers = [(name, value) for name, value in raw_headers if name.lower() not in dropped]
     if forwarded_for:
         headers.append((b"Forwarded", forwarded_value(forwarded_for)))
+    if streamed_length is not False:  # the body follows from a broker stream
+        headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
+        if isinstance(streamed_length, int):
+            headers.append((b"Content-Length", str(streamed_length).encode()))
+        else:
+            headers.append((b"Transfer-Encoding", b"chunked"))
     outgoing = h11.Request(method=request.method, target=request.target, headers=headers)
     return outgoing, b"".join(body)
 
@@ -256,6 +267,8 @@ class ReversedConnection:
         self.address: RegistrationAddress | None = None
         self.released = asyncio.Event()  # the socket is gone (or we stop): take no more requests
         self._watcher: asyncio.Task[None] | None = None
+        self.broken = False  # a request or response was cut off mid-body: close the socket
+        self.streamed_status = 0  # the status of the response being streamed, for the log
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "-"
 
@@ -413,19 +426,22 @@ class ReversedConnection:
         if self.writer.is_closing() or self.reader.at_eof():
             await self.broker.put_back(taken)  # closed while binding; still not written
             return False
-        if not await buffer_streamed_body(self.broker, taken, slot):
-            return True  # a streamed body that cannot be had; its requestor got the error
         forwarded_for = request.requesting_client if gateway_settings.PTTH_FORWARDED else None
         method, target = request.method, "-"
         started = time.monotonic()
-        reply = Reply.error(502, STOPPED_MESSAGE)  # if we are cancelled (shutdown) meanwhile
+        reply: Reply | None = Reply.error(502, STOPPED_MESSAGE)  # if cancelled (shutdown)
         keep = False
         try:
-            outgoing, body = encode_request(request.envelope, forwarded_for=forwarded_for)
+            outgoing, body = encode_request(
+                request.envelope,
+                forwarded_for=forwarded_for,
+                streamed_length=request.body_length if request.body_stream else False,
+            )
             target = outgoing.target.decode("latin-1")
-            reply = await self._exchange(client, outgoing, body, request)
+            reply = await self._exchange(client, outgoing, body, request, slot)
             keep = (
-                client.our_state is h11.DONE
+                not self.broken
+                and client.our_state is h11.DONE
                 and client.their_state is h11.DONE
                 and not client.trailing_data[0]
             )
@@ -436,14 +452,16 @@ class ReversedConnection:
             logger.error("Cannot write a queued request on PTTH: %s", exc)
             reply = Reply.error(502, BAD_RESPONSE_MESSAGE)
         finally:
-            await self._route(slot, reply)
+            status = reply.status if reply is not None else self.streamed_status
+            if reply is not None:
+                await self._route(slot, reply)
             access_log.info(
                 'ptth %s "%s %s" %s %s %.1fms',
                 request.requesting_client or "-",
                 method,
                 target,
                 taken.key.partition(".")[0],
-                reply.status,
+                status,
                 (time.monotonic() - started) * 1000,
             )
         return keep and not self.released.is_set()
@@ -459,13 +477,24 @@ class ReversedConnection:
         outgoing: h11.Request,
         body: bytes,
         request: PublicRequest,
-    ) -> Reply:
-        """Write the request (PT-05, PT-06: one at a time) and read its whole response."""
+        slot: str,
+    ) -> Reply | None:
+        """Write the request (PT-05, PT-06: one at a time) and read its response.
+
+        Returns the whole response, or None when it was streamed to the requestor already.
+        """
         data = client.send(outgoing) or b""
         if body:
             data += client.send(h11.Data(data=body)) or b""
-        data += client.send(h11.EndOfMessage()) or b""
-        self.writer.write(data)  # from here on the request is never replayed (PT-07)
+        if not request.body_stream:
+            data += client.send(h11.EndOfMessage()) or b""
+        await self._write(data, request)  # from here on the request is never replayed (PT-07)
+        if request.body_stream:
+            await self._write_streamed_body(client, request)
+        return await self._read_response(client, request, slot)
+
+    async def _write(self, data: bytes, request: PublicRequest) -> None:
+        self.writer.write(data)
         remaining = request.deadline - now()
         try:
             await asyncio.wait_for(self.writer.drain(), max(remaining, 0.01))
@@ -473,13 +502,38 @@ class ReversedConnection:
             raise _NoResponse(504, NO_RESPONSE_MESSAGE, "request not accepted in time") from None
         except (ConnectionError, OSError):
             raise _NoResponse(502, CLOSED_MESSAGE, "closed while the request was written") from None
-        return await self._read_response(client, request)
 
-    async def _read_response(self, client: h11.Connection, request: PublicRequest) -> Reply:
+    async def _write_streamed_body(self, client: h11.Connection, request: PublicRequest) -> None:
+        """Copy a streamed request body from its broker stream onto the socket, chunk by chunk.
+
+        The socket's own flow control (``drain``) and the stream's window bound the memory.
+        """
+        while True:
+            try:
+                chunk, last = await self.broker.stream_read(
+                    request.body_stream, max(request.deadline - now(), 0.01)
+                )
+            except StreamAborted as exc:
+                self.broken = True  # half a request is on the socket: it cannot be reused
+                status = 413 if "too large" in str(exc) else 400
+                raise _NoResponse(status, str(exc), "request body aborted") from None
+            except TimeoutError:
+                self.broken = True
+                raise _NoResponse(408, "The request body did not arrive in time") from None
+            if last:
+                await self._write(client.send(h11.EndOfMessage()) or b"", request)
+                return
+            await self._write(client.send(h11.Data(data=chunk)) or b"", request)
+
+    async def _read_response(
+        self, client: h11.Connection, request: PublicRequest, slot: str
+    ) -> Reply | None:
+        """Read the response. Bodies over ``STREAM_THRESHOLD`` go on to the requestor as they
+        arrive (docs/streaming.md) and None is returned; smaller ones are relayed whole."""
         response: h11.Response | None = None
         chunks: list[bytes] = []
         size = 0
-        limit = gateway_settings.MAX_BODY_SIZE
+        stream = ""
         received = False
         try:
             while True:
@@ -494,20 +548,67 @@ class ReversedConnection:
                     _check_response(event)
                     response = event
                 elif isinstance(event, h11.Data):
+                    assert response is not None
                     size += len(event.data)
-                    if size > limit:
-                        raise _NoResponse(502, TOO_LARGE_MESSAGE, "response body too large")
+                    if stream:
+                        await self._stream_chunk(stream, bytes(event.data), size)
+                        continue
                     chunks.append(bytes(event.data))
+                    if size > gateway_settings.STREAM_THRESHOLD:
+                        stream = await self._start_stream(slot, response)
+                        await self._stream_chunk(stream, b"".join(chunks), size)
+                        chunks = []
+                    elif size > gateway_settings.MAX_BODY_SIZE:  # too large to hold whole
+                        raise _NoResponse(502, TOO_LARGE_MESSAGE, "response body too large")
                 elif isinstance(event, h11.EndOfMessage):
                     break
                 else:  # ConnectionClosed before the end of the response
                     raise _NoResponse(502, CLOSED_MESSAGE, "closed before answering")
         except h11.RemoteProtocolError as exc:
+            if stream:
+                await self._abort_stream(stream, str(exc))
+                return None
             if not received:
                 raise _NoResponse(502, CLOSED_MESSAGE, "closed before answering") from None
             raise _NoResponse(502, BAD_RESPONSE_MESSAGE, str(exc)) from None
+        except _NoResponse as failure:
+            if stream:
+                await self._abort_stream(stream, failure.message)
+                return None
+            raise
+        if stream:
+            await self.broker.stream_write(stream, end=True)
+            return None
         assert response is not None
         return _reply(response, b"".join(chunks), request.method)
+
+    async def _start_stream(self, slot: str, response: h11.Response) -> str:
+        """Answer the requestor with the status and headers now; the body follows on a stream."""
+        parsed = relayable_response(response, b"", head_request=True)
+        headers = parsed.asgi_headers()  # keeps a declared Content-Length, adds none
+        stream = "r" + secrets.token_hex(16)
+        claimed = await self.broker.claim(slot)
+        if claimed is None:  # the requestor already got its 504 or left
+            raise _NoResponse(504, NO_RESPONSE_MESSAGE, "requestor gone")
+        reply = Reply(parsed.status, headers, b"", parsed.reason, stream=stream, via="ptth")
+        await self.broker.route_reply(claimed, reply)
+        self.streamed_status = parsed.status
+        return stream
+
+    async def _stream_chunk(self, stream: str, chunk: bytes, size: int) -> None:
+        if size > gateway_settings.MAX_STREAM_SIZE:
+            raise _NoResponse(502, TOO_LARGE_MESSAGE, "streamed response too large")
+        step = gateway_settings.STREAM_CHUNK_SIZE
+        try:
+            for start in range(0, len(chunk), step):
+                await self.broker.stream_write(stream, chunk[start : start + step])
+        except (StreamAborted, TimeoutError):
+            raise _NoResponse(499, "The requestor stopped reading", "requestor gone") from None
+
+    async def _abort_stream(self, stream: str, reason: str) -> None:
+        self.broken = True  # the rest of the response is still on the socket
+        with contextlib.suppress(Exception):
+            await self.broker.stream_write(stream, abort=reason)
 
     async def _receive(self, deadline: float) -> bytes:
         remaining = deadline - now()

@@ -118,3 +118,17 @@ async def test_json_poll_on_deleted_registration_is_410(gateway, client):
     await client.delete(reg.private)
     assert (await poll).status_code == 410
     assert (await client.get(reg.private + "/json")).status_code in (404, 405)
+
+
+async def test_json_poller_dying_after_taking_a_request(gateway, client):
+    """The poller took the request and vanished: the requestor gets the no-reply 504 at T2,
+    and the request is not handed to another poller (at most once after handover)."""
+    reg = await register(client, gateway.service_url, unique_label())
+    public = asyncio.ensure_future(client.get(reg.public + "orphan"))
+    event = (await client.post(reg.private + "/json")).json()
+    assert event["request-uri"].endswith("/orphan")
+    other = asyncio.ensure_future(client.post(reg.private + "/json"))
+    response = await public
+    assert response.status_code == 504
+    assert "Timeout waiting for the response" in response.text
+    assert (await other).json() == {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import shutil
 import signal
 import socket
@@ -602,3 +603,45 @@ async def test_npm_request_queued_before_connect(gateway, client, reverse_http):
         response = await public
         assert response.status_code == 200, response.text
         assert response.text == f"hello from node #1 GET /{label_of(reg)}/early "
+
+
+@pytest.mark.parametrize("broker", ["redis", "memory"])
+async def test_large_bodies_stream_through_ptth(start_gateway, client, broker):
+    """Issue 4: a streamed request body is written to the socket as it arrives (chunked when
+    its length is unknown) and a large response goes on to the requestor as it is read."""
+    gw = start_gateway(
+        broker, STREAM_THRESHOLD="65536", MAX_BODY_SIZE="1048576", **_ptth_settings(free_port())
+    )
+    reg = await register(client, gw.service_url, unique_label(), token=TOKEN)
+    app = await connect_app(gw, private_path(reg))
+    upload = bytes(range(256)) * 4096 * 3  # 3 MiB: more than MAX_BODY_SIZE, so only streaming
+    public = asyncio.ensure_future(client.post(reg.public + "big", content=upload))
+    request, body = await app.request(timeout=20)
+    assert dict(request.headers)[b"content-length"] == str(len(upload)).encode()
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(upload).hexdigest()
+    answer = upload * 4  # 12 MiB back
+    await app.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(answer))
+    for start in range(0, len(answer), 256 * 1024):
+        await app.send(answer[start : start + 256 * 1024])
+    response = await public
+    assert response.status_code == 200
+    assert response.headers["Content-Length"] == str(len(answer))
+    assert hashlib.sha256(response.content).hexdigest() == hashlib.sha256(answer).hexdigest()
+    # The socket is still good for the next request.
+    second = asyncio.ensure_future(client.get(reg.public + "small"))
+    await app.request()
+    await app.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert (await second).text == "ok"
+
+
+async def test_response_cut_off_mid_stream_breaks_the_public_response(start_gateway, client):
+    gw = start_gateway("redis", STREAM_THRESHOLD="65536", **_ptth_settings(free_port()))
+    reg = await register(client, gw.service_url, unique_label(), token=TOKEN)
+    app = await connect_app(gw, private_path(reg))
+    public = asyncio.ensure_future(client.get(reg.public))
+    await app.request()
+    await app.send(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 200000)
+    await asyncio.sleep(0.3)
+    app.writer.close()
+    with pytest.raises(httpx.TransportError):
+        await public  # the connection is dropped: the client knows the body is incomplete

@@ -181,3 +181,22 @@ async def test_requestor_leaving_mid_stream_cancels_the_stream(start_gateway):
                         await ws.send(frame("body", ident, b"y" * 65536))
                         credit -= 65536
             assert await leaver > 0
+
+
+async def test_application_leaving_mid_stream_drops_the_requestor_connection(start_gateway):
+    """The requestor must not take a cut-off body for a complete one."""
+    gw = start_gateway("redis", **STREAMING)
+    async with httpx.AsyncClient(timeout=30) as client:
+        reg = await register(client, gw.service_url, unique_label())
+        ws = await websockets.connect(ws_url(reg.private), max_size=None)
+        await ws.send(frame("ready", "", 1))
+        await asyncio.sleep(0.2)
+        public = asyncio.ensure_future(client.get(reg.public + "half"))
+        _, ident, _ = msgpack.unpackb(await ws.recv(), raw=False)
+        await ws.send(frame("response-start", ident, b"HTTP/1.1 200 OK\r\n\r\n"))
+        await ws.recv()  # the window
+        await ws.send(frame("body", ident, b"x" * 100_000))
+        await asyncio.sleep(0.3)
+        await ws.close()
+        with pytest.raises(httpx.TransportError):
+            await public
