@@ -595,3 +595,17 @@ def test_rh49_generated_replies_round_trip(
     if framing != "eof":
         twice = parse_embedded_responses(data + data, request_methods=["GET", "GET"])
         assert twice == [parsed, parsed]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(max_size=600),
+    methods=st.lists(st.sampled_from(["GET", "HEAD", "POST"]), min_size=1, max_size=3),
+)
+def test_pipelines_of_arbitrary_bytes_raise_only_invalid_response(data, methods):
+    """RH-26/RH-48: application/http replies from hostile applications never crash the parser."""
+    try:
+        responses = parse_embedded_responses(data, request_methods=methods)
+    except InvalidResponse:
+        return
+    assert len(responses) == len(methods)
