@@ -10,4 +10,7 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e .
 .venv/bin/python manage.py migrate --noinput -v0
-exec .venv/bin/python manage.py rungateway "${1:-127.0.0.1:8000}"
+ADDRESS=${1:-127.0.0.1:8000}
+# Issued URLs point at the address served here, unless RHGW_BASE_URL says otherwise.
+export RHGW_BASE_URL=${RHGW_BASE_URL:-http://$ADDRESS}
+exec .venv/bin/python manage.py rungateway "$ADDRESS"
