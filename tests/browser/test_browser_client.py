@@ -32,19 +32,9 @@ from reversehttp_gateway.checks import check_cors
 from ..conftest import FAST
 from ..gateway_process import ROOT, Gateway, make_gateway, wait_for_port
 from ..rh import unique_label
+from .conftest import TIMEOUT_MS
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 MODULE = ROOT / "reversehttp_gateway" / "static" / "reversehttp_gateway" / "reversehttp.js"
-TIMEOUT_MS = 15_000
 EXPOSED = "Link, Location, Requesting-Client"
 ENCODINGS = ["message/http", "json"]
 
@@ -171,21 +161,6 @@ def page_origin() -> Iterator[str]:
     }
     with PageServer(files) as server:
         yield server.origin
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium package")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright (the test extra) is not installed"
-    )
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

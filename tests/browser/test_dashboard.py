@@ -17,7 +17,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,34 +29,9 @@ from websockets.sync.client import connect
 from ..gateway_process import ROOT, Gateway, make_gateway
 from ..live.test_inspector import make_superuser
 from ..rh import envelope, unique_label
+from .conftest import TIMEOUT_MS
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-TIMEOUT_MS = 15_000
 SCREENSHOT_DIR = Path(__file__).resolve().parent.parent.parent / "var" / "screenshots"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium package")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright (the test extra) is not installed"
-    )
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS
-        )
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
