@@ -34,6 +34,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 import httpx
 
+from ..protocol.embedded_request import HOP_BY_HOP
 from .envelope import AppResponse, EmbeddedRequest, has_body
 from .errors import ClientError
 from .registration import describe_transport_error
@@ -56,21 +57,6 @@ AsgiReceive = Callable[[], Awaitable[AsgiMessage]]
 AsgiSend = Callable[[AsgiMessage], Awaitable[None]]
 AsgiApp = Callable[[MutableMapping[str, Any], AsgiReceive, AsgiSend], Awaitable[None]]
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-_HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"expect",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,7 +491,7 @@ class ForwardHandler(Handler):
         self, request: EmbeddedRequest, site: PublicSite, prefix: bytes
     ) -> list[tuple[bytes, bytes]]:
         """The headers sent to the local server."""
-        dropped = set(_HOP_BY_HOP) | {b"content-length"}
+        dropped = set(HOP_BY_HOP) | {b"content-length"}
         for name, value in request.headers:
             if name == b"connection":
                 dropped.update(token.strip().lower() for token in value.split(b","))
