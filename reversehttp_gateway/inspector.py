@@ -37,7 +37,7 @@ from .dashboard import is_unknown_label
 from .models import AuditEvent, RequestLog
 from .protocol.embedded_request import build_embedded_request
 from .queue.base import Broker, PublicRequest, QueueFull, Reply, StreamAborted, now
-from .queue.relay import relay
+from .queue.relay import relay_with_settings
 from .runtime import runtime
 
 logger = logging.getLogger(__name__)
@@ -449,15 +449,7 @@ def replay(log: RequestLog, *, actor: Any = None, actor_ip: str | None = None) -
         )
         started = time.monotonic()
         try:
-            reply = await relay(
-                broker,
-                key,
-                request,
-                no_app_timeout=gateway_settings.NO_APP_TIMEOUT,
-                reply_timeout=gateway_settings.REPLY_TIMEOUT,
-                client_gone=asyncio.Event(),
-                max_queued=gateway_settings.MAX_QUEUED_PER_LABEL,
-            )
+            reply = await relay_with_settings(broker, key, request, asyncio.Event())
         except QueueFull:
             outcome["refused"] = "too many requests are waiting for this application"
             return

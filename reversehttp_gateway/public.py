@@ -31,7 +31,7 @@ from .http import (
 from .protocol.client_address import format_requesting_client
 from .protocol.embedded_request import build_embedded_request
 from .queue.base import Broker, PublicRequest, QueueFull, Reply, StreamAborted, now
-from .queue.relay import relay
+from .queue.relay import relay_with_settings
 
 access_log = logging.getLogger("reversehttp_gateway.access")
 logger = logging.getLogger(__name__)
@@ -309,15 +309,7 @@ async def _relay(
     runtime.in_flight += 1
     try:
         try:
-            reply = await relay(
-                broker,
-                key,
-                request,
-                no_app_timeout=gateway_settings.NO_APP_TIMEOUT,
-                reply_timeout=gateway_settings.REPLY_TIMEOUT,
-                client_gone=gone,
-                max_queued=gateway_settings.MAX_QUEUED_PER_LABEL,
-            )
+            reply = await relay_with_settings(broker, key, request, gone)
         except QueueFull:
             await respond_error(
                 send, 503, "Too many requests are waiting for this application", retry_after=5

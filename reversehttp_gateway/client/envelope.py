@@ -14,6 +14,8 @@ from http import HTTPStatus
 
 import h11
 
+from ..protocol.embedded_request import HOP_BY_HOP
+
 __all__ = [
     "AppResponse",
     "EmbeddedRequest",
@@ -32,18 +34,7 @@ __all__ = [
 logger = logging.getLogger("reversehttp_gateway.client")
 
 # Framing and connection headers the client recomputes or that only concern one hop.
-_NOT_RELAYED = frozenset(
-    {
-        b"connection",
-        b"content-length",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
+_NOT_RELAYED = HOP_BY_HOP | {b"content-length"}
 _MAX_HEAD_BYTES = 64 * 1024
 
 

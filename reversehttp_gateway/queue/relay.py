@@ -66,3 +66,20 @@ async def relay(
         return Reply.error(504, NO_REPLY_MESSAGE)
     finally:
         broker.forget(ticket)
+
+
+async def relay_with_settings(
+    broker: Broker, key: str, request: PublicRequest, client_gone: asyncio.Event
+) -> Reply | None:
+    """:func:`relay` with the timeouts and queue limit of the gateway's settings."""
+    from ..conf import gateway_settings
+
+    return await relay(
+        broker,
+        key,
+        request,
+        no_app_timeout=gateway_settings.NO_APP_TIMEOUT,
+        reply_timeout=gateway_settings.REPLY_TIMEOUT,
+        client_gone=client_gone,
+        max_queued=gateway_settings.MAX_QUEUED_PER_LABEL,
+    )
