@@ -55,6 +55,17 @@ INLINE_REPLY_LIMIT = 256 * 1024
 RECORD_GRACE = 30
 
 
+# Bind a taken request to its Request URL slot, once: SET NX, then the in-flight bookkeeping.
+_BIND = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('LREM', KEYS[3], 1, ARGV[1])
+redis.call('SET', KEYS[4], ARGV[4])
+return 1
+"""
+
+
 class _Dispatcher:
     """This process's pollers of one key, fed by a single blocking pop."""
 
@@ -94,6 +105,7 @@ class RedisBroker(Broker):
             url, socket_timeout=None, socket_connect_timeout=2, max_connections=max_connections
         )
         self._pending: dict[str, asyncio.Future[Reply]] = {}
+        self._bound: dict[str, PublicRequest] = {}  # slots this process bound, until claimed
         self._dispatchers: dict[str, _Dispatcher] = {}
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -416,18 +428,19 @@ class RedisBroker(Broker):
     async def bind(self, slot: str, taken: Taken, reply_timeout: float) -> bool:
         request = taken.request
         ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
+        keys = [
+            self._k("slot", slot),
+            self._k("inflight", taken.key),
+            self._k("taking", self._proc),
+            self._k("seen", taken.key),
+        ]
         async with self._guard():
-            if not await self._redis.set(
-                self._k("slot", slot), request.request_id, ex=ttl, nx=True
-            ):
-                return False
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zadd(self._k("inflight", taken.key), {request.request_id: request.deadline})
-                pipe.expire(self._k("inflight", taken.key), ttl)
-                pipe.lrem(self._k("taking", self._proc), 1, request.request_id)
-                pipe.set(self._k("seen", taken.key), repr(now()))
-                await pipe.execute()
-        return True
+            bound = await self._redis.eval(
+                _BIND, 4, *keys, request.request_id, ttl, repr(request.deadline), repr(now())
+            )
+        if bound:
+            self._bound[slot] = request
+        return bool(bound)
 
     async def put_back(self, taken: Taken) -> None:
         async with self._guard():
@@ -439,20 +452,30 @@ class RedisBroker(Broker):
             return await self._load(request_id.decode()) if request_id else None
 
     async def claim(self, slot: str) -> PublicRequest | None:
+        local = self._bound.pop(slot, None)
         async with self._guard():
             request_id = await self._redis.getdel(self._k("slot", slot))
             if request_id is None:
                 return None
-            request = await self._load(request_id.decode())
+            if local is not None and local.request_id == request_id.decode():
+                request: PublicRequest | None = local  # bound by this process: no reload
+            else:
+                request = await self._load(request_id.decode())
             if request is None:
                 return None
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(self._k("req", request.request_id))
                 pipe.zrem(self._k("inflight", request.key), request.request_id)
-                await pipe.execute()
-        return request
+                deleted, _ = await pipe.execute()
+        # A withdrawn request (its requestor left or timed out) has no record any more.
+        return request if deleted else None
 
     async def route_reply(self, request: PublicRequest, reply: Reply) -> None:
+        if request.origin == self._proc:  # the requestor is ours: no round trip through Redis
+            future = self._pending.get(request.request_id)
+            if future is not None and not future.done():
+                future.set_result(reply)
+            return
         packed = reply.pack()
         channel, stored = self._k("reply", request.origin), self._k("resp", request.request_id)
         ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
@@ -487,6 +510,9 @@ class RedisBroker(Broker):
     async def housekeeping(self) -> None:
         """Heartbeat this process, and re-queue what crashed processes had taken (reaper)."""
         moment = now()
+        for slot, request in list(self._bound.items()):
+            if request.deadline < moment - RECORD_GRACE:
+                del self._bound[slot]
         procs = self._k("procs")
         async with self._guard():
             await self._redis.zadd(procs, {self._proc: moment})
