@@ -162,9 +162,12 @@ class Registration(models.Model):
         return f"{self.label}.{self.nonce}"
 
     @classmethod
-    def from_db(cls, db: Any, field_names: Any, values: Any) -> Registration:
-        """Remember the status as loaded, so a revival can be told from a live registration."""
-        instance = super().from_db(db, field_names, values)
+    def from_db(cls, db: Any, field_names: Any, values: Any, **kwargs: Any) -> Registration:
+        """Remember the status as loaded, so a revival can be told from a live registration.
+
+        ``**kwargs`` passes on what newer Django versions add (``fetch_mode`` in 6.1).
+        """
+        instance = super().from_db(db, field_names, values, **kwargs)
         instance._loaded_status = instance.__dict__.get("status")
         return instance
 
