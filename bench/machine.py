@@ -46,11 +46,14 @@ def describe() -> dict[str, object]:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     meminfo = Path("/proc/meminfo").read_text()
     bench_py = os.environ.get("BENCH_VENV", str(ROOT / "var/bench/venv")) + "/bin/python"
-    origin_versions = _run([
-        bench_py, "-c",
-        "import importlib.metadata as m; print(' / '.join(f'{p} {m.version(p)}' "
-        "for p in ('uvicorn', 'uvloop', 'httptools')))",
-    ])
+    origin_versions = _run(
+        [
+            bench_py,
+            "-c",
+            "import importlib.metadata as m; print(' / '.join(f'{p} {m.version(p)}' "
+            "for p in ('uvicorn', 'uvloop', 'httptools')))",
+        ]
+    )
     git_head = _run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
     dirty = _run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"])
     return {
@@ -76,17 +79,30 @@ def describe() -> dict[str, object]:
 
 
 def markdown(d: dict[str, object]) -> str:
-    return "\n".join([
-        "Machine: %s cores (%s), %s GiB RAM, Linux %s; load average before: %s." % (
-            d["nproc"], d["cpu_model"], d["mem_total_gib"], d["kernel"], " ".join(d["loadavg"])),
-        "Software: Python %s, Django %s, Daphne %s, Twisted %s, redis-py %s, Redis %s, "
-        "nginx %s, wrk %s, origin %s, client httpx %s / websockets %s." % (
-            d["python"], d["django"], d["daphne"], d["twisted"], d["redis_py"],
-            d["redis_server"], d["nginx"], d["wrk"], d["origin"], d["httpx"], d["websockets"]),
-        "Code: git HEAD %s with %d tracked file(s) modified in the working tree "
-        "(the run measures the working tree)." % (d["git_head"], d["tracked_files_modified"]),
-        "",
-    ])
+    return "\n".join(
+        [
+            "Machine: {} cores ({}), {} GiB RAM, Linux {}; load average before: {}.".format(
+                d["nproc"], d["cpu_model"], d["mem_total_gib"], d["kernel"], " ".join(d["loadavg"])
+            ),
+            "Software: Python {}, Django {}, Daphne {}, Twisted {}, redis-py {}, Redis {}, "
+            "nginx {}, wrk {}, origin {}, client httpx {} / websockets {}.".format(
+                d["python"],
+                d["django"],
+                d["daphne"],
+                d["twisted"],
+                d["redis_py"],
+                d["redis_server"],
+                d["nginx"],
+                d["wrk"],
+                d["origin"],
+                d["httpx"],
+                d["websockets"],
+            ),
+            "Code: git HEAD %s with %d tracked file(s) modified in the working tree "
+            "(the run measures the working tree)." % (d["git_head"], d["tracked_files_modified"]),
+            "",
+        ]
+    )
 
 
 def main() -> None:

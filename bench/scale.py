@@ -89,9 +89,22 @@ class Redis:
             if port_open(OWN_REDIS_PORT):
                 sys.exit(f"port {OWN_REDIS_PORT} is in use")
             self.process = subprocess.Popen(
-                ["redis-server", "--bind", "127.0.0.1", "--port", str(OWN_REDIS_PORT),
-                 "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                [
+                    "redis-server",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(OWN_REDIS_PORT),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(tmp),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             deadline = time.monotonic() + 10
             while not port_open(OWN_REDIS_PORT):
                 if time.monotonic() > deadline:
@@ -151,7 +164,11 @@ class Gateway:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "manage.py", "rungateway", f"127.0.0.1:{GW_PORT}", "--no-static"],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 60
         while not port_open(GW_PORT):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -182,10 +199,19 @@ class Gateway:
 
 def migrated_template(tmp: Path) -> Path:
     template = tmp / "template.sqlite3"
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings",
-           "RHGW_DB_PATH": str(template), "RHGW_VAR_DIR": str(tmp / "var")}
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
-                   cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+        "RHGW_DB_PATH": str(template),
+        "RHGW_VAR_DIR": str(tmp / "var"),
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return template
 
 
@@ -219,8 +245,9 @@ async def names_and_pollers(gw: Gateway, names: int, pollers: int, deadline: flo
                     if time.monotonic() > deadline:
                         return
                     try:
-                        r = await client.post(service, data={"name": f"scale{i}", "token": "t",
-                                                             "lease": "3600"})
+                        r = await client.post(
+                            service, data={"name": f"scale{i}", "token": "t", "lease": "3600"}
+                        )
                     except httpx.HTTPError as exc:
                         failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
                         continue
@@ -236,8 +263,11 @@ async def names_and_pollers(gw: Gateway, names: int, pollers: int, deadline: flo
     result["register_failures"] = failures
     result["registered_with_poll_url"] = len(firsts)
     result["rss_after_registering"] = status(gw.pid)["VmRSS"]
-    print(f"  registered {names} names in {result['register_seconds']} s "
-          f"(failures {failures}); RSS {result['rss_after_registering'] / MIB:.1f} MiB", flush=True)
+    print(
+        f"  registered {names} names in {result['register_seconds']} s "
+        f"(failures {failures}); RSS {result['rss_after_registering'] / MIB:.1f} MiB",
+        flush=True,
+    )
 
     before_conns = established(GW_PORT)
     limits = httpx.Limits(max_connections=pollers + 20, max_keepalive_connections=pollers + 20)
@@ -257,8 +287,7 @@ async def names_and_pollers(gw: Gateway, names: int, pollers: int, deadline: flo
         done_early = {i: t for i, t in tasks.items() if t.done()}
         early = {}
         for t in done_early.values():
-            key = (str(t.result().status_code) if not t.exception()
-                   else type(t.exception()).__name__)
+            key = str(t.result().status_code) if not t.exception() else type(t.exception()).__name__
             early[key] = early.get(key, 0) + 1
         result["polls_open_when_measured"] = len(tasks) - len(done_early)
         result["polls_finished_early"] = early
@@ -271,18 +300,28 @@ async def names_and_pollers(gw: Gateway, names: int, pollers: int, deadline: flo
             async with httpx.AsyncClient(timeout=30) as public:
                 call = asyncio.ensure_future(public.get(publics[i] + "alive"))
                 delivered = await asyncio.wait_for(tasks[i], 30)
-                reply = await polls.post(firsts[i], content=envelope_reply(b"alive"),
-                                         headers={"Content-Type": "message/http"})
+                reply = await polls.post(
+                    firsts[i],
+                    content=envelope_reply(b"alive"),
+                    headers={"Content-Type": "message/http"},
+                )
                 answered = await asyncio.wait_for(call, 30)
-                live = (delivered.status_code, reply.status_code, answered.status_code,
-                        answered.text)
+                live = (
+                    delivered.status_code,
+                    reply.status_code,
+                    answered.status_code,
+                    answered.text,
+                )
         result["live_check"] = live
         for t in tasks.values():
             t.cancel()
         await asyncio.gather(*tasks.values(), return_exceptions=True)
-    print(f"  {result['polls_open_when_measured']} polls open ({result['poll_connections_held']} "
-          f"connections held), RSS max {result['rss_with_pollers_max'] / MIB:.1f} MiB, "
-          f"live check {live}", flush=True)
+    print(
+        f"  {result['polls_open_when_measured']} polls open ({result['poll_connections_held']} "
+        f"connections held), RSS max {result['rss_with_pollers_max'] / MIB:.1f} MiB, "
+        f"live check {live}",
+        flush=True,
+    )
     return result
 
 
@@ -388,57 +427,102 @@ async def big_body(gw: Gateway, mib: int, direction: str) -> dict:
             after = status(gw.pid)
             app.cancel()
     ok = code == 200 and received == mib * MIB and digest.hexdigest() == expected
-    return {"direction": direction, "mib": mib, "status": code, "bytes_received": received,
-            "intact": ok, "seconds": round(seconds, 2),
-            "mib_per_s": round(received / MIB / seconds, 1) if seconds else None,
-            "hwm_before": before["VmHWM"], "hwm_after": after["VmHWM"],
-            "hwm_growth": after["VmHWM"] - before["VmHWM"], "rss_after": after["VmRSS"]}
+    return {
+        "direction": direction,
+        "mib": mib,
+        "status": code,
+        "bytes_received": received,
+        "intact": ok,
+        "seconds": round(seconds, 2),
+        "mib_per_s": round(received / MIB / seconds, 1) if seconds else None,
+        "hwm_before": before["VmHWM"],
+        "hwm_after": after["VmHWM"],
+        "hwm_growth": after["VmHWM"] - before["VmHWM"],
+        "rss_after": after["VmRSS"],
+    }
 
 
 # ---------------------------------------------------------------- report
 def markdown(res: dict) -> str:
     m = lambda b: "%.1f" % (b / MIB)  # noqa: E731
-    lines = [f"### bench/scale.py, {res['stamp']} (UTC)", "",
-             f"Command: `{res['command']}`", "", res.get("machine", ""), ""]
+    lines = [
+        f"### bench/scale.py, {res['stamp']} (UTC)",
+        "",
+        f"Command: `{res['command']}`",
+        "",
+        res.get("machine", ""),
+        "",
+    ]
     if res["names_pollers"]:
-        lines += ["**%d registered names, %d waiting long-polls (one per name), one gateway "
-                  "process** (target: RSS <= 300 MiB)" % (res["args"]["names"],
-                                                           res["args"]["pollers"]), "",
-                  "| broker | idle RSS MiB | after registering MiB | with pollers waiting, max RSS "
-                  "MiB | peak RSS (VmHWM) MiB | polls open / held connections | registering "
-                  "took | live check | target |",
-                  "|---|---:|---:|---:|---:|---|---:|---|---|"]
+        lines += [
+            "**%d registered names, %d waiting long-polls (one per name), one gateway "
+            "process** (target: RSS <= 300 MiB)" % (res["args"]["names"], res["args"]["pollers"]),
+            "",
+            "| broker | idle RSS MiB | after registering MiB | with pollers waiting, max RSS "
+            "MiB | peak RSS (VmHWM) MiB | polls open / held connections | registering "
+            "took | live check | target |",
+            "|---|---:|---:|---:|---:|---|---:|---|---|",
+        ]
         for b, r in res["names_pollers"].items():
             if "error" in r:
                 lines.append(f"| {b} | error: {r['error']} | | | | | | | |")
                 continue
-            ok = r["rss_with_pollers_max"] <= 300 * MIB and r["polls_open_when_measured"] == \
-                r["pollers"]
+            ok = (
+                r["rss_with_pollers_max"] <= 300 * MIB
+                and r["polls_open_when_measured"] == r["pollers"]
+            )
             live = "ok" if r["live_check"] and r["live_check"][2] == 200 else str(r["live_check"])
-            lines.append("| %s | %s | %s | %s | %s | %d / %d | %.0f s | %s | %s |" % (
-                b, m(r["rss_idle"]), m(r["rss_after_registering"]), m(r["rss_with_pollers_max"]),
-                m(r["hwm_with_pollers"]), r["polls_open_when_measured"],
-                r["poll_connections_held"], r["register_seconds"], live,
-                "**met**" if ok else "**not met**"))
+            lines.append(
+                "| %s | %s | %s | %s | %s | %d / %d | %.0f s | %s | %s |"
+                % (
+                    b,
+                    m(r["rss_idle"]),
+                    m(r["rss_after_registering"]),
+                    m(r["rss_with_pollers_max"]),
+                    m(r["hwm_with_pollers"]),
+                    r["polls_open_when_measured"],
+                    r["poll_connections_held"],
+                    r["register_seconds"],
+                    live,
+                    "**met**" if ok else "**not met**",
+                )
+            )
         lines.append("")
     if res["big_body"]:
-        lines += [f"**{res['args']['body_mib']} MiB body relayed over the WebSocket transport** "
-                  "(streamed; target for 100 MiB: peak "
-                  "RSS growth <= 50 MiB), a fresh gateway process per row, after a 1 MiB warm-up",
-                  "", "| broker | body | intact | MiB/s | VmHWM before MiB | VmHWM after MiB | "
-                  "growth MiB | target |", "|---|---|---|---:|---:|---:|---:|---|"]
+        lines += [
+            f"**{res['args']['body_mib']} MiB body relayed over the WebSocket transport** "
+            "(streamed; target for 100 MiB: peak "
+            "RSS growth <= 50 MiB), a fresh gateway process per row, after a 1 MiB warm-up",
+            "",
+            "| broker | body | intact | MiB/s | VmHWM before MiB | VmHWM after MiB | "
+            "growth MiB | target |",
+            "|---|---|---|---:|---:|---:|---:|---|",
+        ]
         for b, rows in res["big_body"].items():
             for r in rows:
                 if "error" in r:
                     lines.append(f"| {b} | {r.get('direction')} | error: {r['error']} | | | | | |")
                     continue
-                what = ("GET, %d MiB response" % r["mib"] if r["direction"] == "response"
-                        else "POST, %d MiB request echoed back" % r["mib"])
+                what = (
+                    "GET, %d MiB response" % r["mib"]
+                    if r["direction"] == "response"
+                    else "POST, %d MiB request echoed back" % r["mib"]
+                )
                 ok = r["intact"] and r["hwm_growth"] <= 50 * MIB
-                lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                    b, what, "yes" if r["intact"] else "NO (status %s, %d bytes)" % (
-                        r["status"], r["bytes_received"]), r["mib_per_s"], m(r["hwm_before"]),
-                    m(r["hwm_after"]), m(r["hwm_growth"]), "**met**" if ok else "**not met**"))
+                lines.append(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                        b,
+                        what,
+                        "yes"
+                        if r["intact"]
+                        else "NO (status %s, %d bytes)" % (r["status"], r["bytes_received"]),
+                        r["mib_per_s"],
+                        m(r["hwm_before"]),
+                        m(r["hwm_after"]),
+                        m(r["hwm_growth"]),
+                        "**met**" if ok else "**not met**",
+                    )
+                )
         lines.append("")
     return "\n".join(lines)
 
@@ -454,7 +538,8 @@ async def main_async(a: argparse.Namespace, tmp: Path, redis: Redis) -> dict:
             try:
                 res["names_pollers"][broker] = await asyncio.wait_for(
                     names_and_pollers(gw, a.names, a.pollers, deadline_all),
-                    max(1, deadline_all - time.monotonic()))
+                    max(1, deadline_all - time.monotonic()),
+                )
             except Exception as exc:  # report it, go on with the rest
                 res["names_pollers"][broker] = {"error": f"{type(exc).__name__}: {exc}"}
             finally:
@@ -467,10 +552,16 @@ async def main_async(a: argparse.Namespace, tmp: Path, redis: Redis) -> dict:
                 print(f"[{broker}] {a.body_mib} MiB {direction} over WebSocket", flush=True)
                 gw = Gateway(tmp, template, broker, redis.url, f"big-{broker}-{direction}").start()
                 try:
-                    r = await asyncio.wait_for(big_body(gw, a.body_mib, direction),
-                                               max(1, min(300, deadline_all - time.monotonic())))
-                    print("  VmHWM growth %.1f MiB, %s MiB/s, intact %s" % (
-                        r["hwm_growth"] / MIB, r["mib_per_s"], r["intact"]), flush=True)
+                    r = await asyncio.wait_for(
+                        big_body(gw, a.body_mib, direction),
+                        max(1, min(300, deadline_all - time.monotonic())),
+                    )
+                    print(
+                        "  VmHWM growth {:.1f} MiB, {} MiB/s, intact {}".format(
+                            r["hwm_growth"] / MIB, r["mib_per_s"], r["intact"]
+                        ),
+                        flush=True,
+                    )
                 except Exception as exc:
                     r = {"direction": direction, "error": f"{type(exc).__name__}: {exc}"}
                 finally:
@@ -516,9 +607,14 @@ def main() -> None:
             shutil.copy(f, logs / f.name)
         shutil.rmtree(tmp, ignore_errors=True)
     load_after = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    res.update(stamp=stamp, args=vars(a), redis=redis.url, machine_info=described,
-               machine=machine.markdown(described) + f"Load average after: {load_after}.",
-               command="python bench/scale.py " + " ".join(sys.argv[1:]))
+    res.update(
+        stamp=stamp,
+        args=vars(a),
+        redis=redis.url,
+        machine_info=described,
+        machine=machine.markdown(described) + f"Load average after: {load_after}.",
+        command="python bench/scale.py " + " ".join(sys.argv[1:]),
+    )
     text = markdown(res)
     Path(f"{out}.json").write_text(json.dumps(res, indent=1))
     Path(f"{out}.md").write_text(text + "\n")

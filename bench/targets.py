@@ -20,8 +20,14 @@ import sys
 DIRECT = "direct-py"
 CELLS = ["get100 c=1", "get100 c=10", "get100 c=50", "post64k c=1", "post64k c=10", "post64k c=50"]
 # req/s ratio vs direct-py, baseline-2026-11-22.md (shared/bench), median of 3 rounds
-LOCALTUNNEL = {"get100 c=1": 0.007, "get100 c=10": 0.077, "get100 c=50": 0.073,
-               "post64k c=1": 0.009, "post64k c=10": 0.107, "post64k c=50": 0.166}
+LOCALTUNNEL = {
+    "get100 c=1": 0.007,
+    "get100 c=10": 0.077,
+    "get100 c=50": 0.073,
+    "post64k c=1": 0.009,
+    "post64k c=10": 0.107,
+    "post64k c=50": 0.166,
+}
 SSH_R = {"get100 c=10": 0.421, "post64k c=10": 0.206}
 FASTEST = {"get100 c=10": 0.25, "post64k c=10": 0.20}
 ADDED_P50_MS = 1.0
@@ -54,33 +60,47 @@ def report(d: dict) -> str:
     def errors(label: str, cell: str) -> int:
         return sum(r.get("errors", 0) for r in results[label].get(cell, []))
 
-    out += ["**c=1: added p50 over direct (target <= %.1f ms)**, median of per-round differences"
-            % ADDED_P50_MS, "",
-            "| row | GET 100 B c=1 | POST 64 KiB c=1 | target |", "|---|---:|---:|---|"]
+    out += [
+        f"**c=1: added p50 over direct (target <= {ADDED_P50_MS:.1f} ms)**, median of per-round differences",
+        "",
+        "| row | GET 100 B c=1 | POST 64 KiB c=1 | target |",
+        "|---|---:|---:|---|",
+    ]
     for g in gws:
         vals = [added_p50(results, g, c) for c in ("get100 c=1", "post64k c=1")]
         ok = None if None in vals else all(v <= ADDED_P50_MS for v in vals)
-        out.append("| %s | %s | %s | %s |" % (
-            g, *("-" if v is None else "%+.2f ms" % v for v in vals), yes(ok)))
+        out.append(
+            "| {} | {} | {} | {} |".format(
+                g, *("-" if v is None else f"{v:+.2f} ms" for v in vals), yes(ok)
+            )
+        )
         # (None in vals: a cell was not measured, no verdict)
     out.append("")
 
-    out += ["**req/s ratio vs direct-py** (median of per-round ratios; errors summed over rounds "
-            "in brackets when any), next to localtunnel's measured ratio (baseline 2026-11-22)", "",
-            "| row | " + " | ".join(CELLS) + " |", "|---|" + "---:|" * len(CELLS)]
+    out += [
+        "**req/s ratio vs direct-py** (median of per-round ratios; errors summed over rounds "
+        "in brackets when any), next to localtunnel's measured ratio (baseline 2026-11-22)",
+        "",
+        "| row | " + " | ".join(CELLS) + " |",
+        "|---|" + "---:|" * len(CELLS),
+    ]
     for g in gws:
         cells = []
         for c in CELLS:
             r = rps_ratio(g, c)
-            s = "-" if r is None else "%.3f" % r
+            s = "-" if r is None else f"{r:.3f}"
             if errors(g, c):
                 s += " (%d err)" % errors(g, c)
             cells.append(s)
-        out.append("| %s | %s |" % (g, " | ".join(cells)))
-    out.append("| localtunnel (baseline) | %s |" % " | ".join(
-        "%.3f" % LOCALTUNNEL[c] for c in CELLS))
-    out.append("| ssh -R (baseline) | %s |" % " | ".join(
-        "%.3f" % SSH_R[c] if c in SSH_R else "" for c in CELLS))
+        out.append("| {} | {} |".format(g, " | ".join(cells)))
+    out.append(
+        "| localtunnel (baseline) | {} |".format(" | ".join(f"{LOCALTUNNEL[c]:.3f}" for c in CELLS))
+    )
+    out.append(
+        "| ssh -R (baseline) | {} |".format(
+            " | ".join(f"{SSH_R[c]:.3f}" if c in SSH_R else "" for c in CELLS)
+        )
+    )
     out.append("")
 
     lp = "gw-longpoll"
@@ -88,18 +108,29 @@ def report(d: dict) -> str:
     if lp in gws:
         measured = [c for c in CELLS if rps_ratio(lp, c) is not None]
         below = [c for c in measured if rps_ratio(lp, c) < LOCALTUNNEL[c]]
-        out.append("| long-poll >= localtunnel's ratio in every cell | %s | %s |" % (
-            "below in: " + ", ".join(below) if below
-            else "at or above in all %d measured cells" % len(measured),
-            yes(not below if measured else None)))
+        out.append(
+            "| long-poll >= localtunnel's ratio in every cell | {} | {} |".format(
+                "below in: " + ", ".join(below)
+                if below
+                else "at or above in all %d measured cells" % len(measured),
+                yes(not below if measured else None),
+            )
+        )
     else:
         out.append("| long-poll >= localtunnel's ratio in every cell | no long-poll row | - |")
     for cell, goal in FASTEST.items():
         best = max(gws, key=lambda g: rps_ratio(g, cell) or 0)
         r = rps_ratio(best, cell)
-        out.append("| fastest transport %s >= %.2fx direct (ssh -R: %.2fx) | %s %s | %s |" % (
-            cell, goal, SSH_R[cell], best, "-" if r is None else "%.3fx" % r,
-            yes(None if r is None else r >= goal)))
+        out.append(
+            "| fastest transport {} >= {:.2f}x direct (ssh -R: {:.2f}x) | {} {} | {} |".format(
+                cell,
+                goal,
+                SSH_R[cell],
+                best,
+                "-" if r is None else f"{r:.3f}x",
+                yes(None if r is None else r >= goal),
+            )
+        )
     out.append("")
     return "\n".join(out)
 
