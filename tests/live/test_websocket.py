@@ -10,12 +10,9 @@ import pytest
 import websockets
 
 from ..rh import envelope, register, unique_label
+from ..ws_streaming_app import frame
 
 pytestmark = pytest.mark.asyncio
-
-
-def frame(kind: str, ident: str, payload) -> bytes:
-    return msgpack.packb([kind, ident, payload], use_bin_type=True)
 
 
 def ws_url(private_url: str) -> str:
