@@ -171,7 +171,8 @@ async def queue_gauges(broker: Broker, keys: Iterable[str]) -> dict[str, QueueGa
         for i, key in enumerate(keys):
             dispatcher = broker._dispatchers.get(key)
             waiting = sum(1 for w in dispatcher.waiters if not w.done()) if dispatcher else 0
-            gauges[key] = QueueGauge(waiting, int(results[2 * i]), int(results[2 * i + 1]))
+            in_flight = int(results[2 * i + 1]) + broker.local_in_flight(key)
+            gauges[key] = QueueGauge(waiting, int(results[2 * i]), in_flight)
         return gauges
     return dict.fromkeys(keys, UNKNOWN)
 

@@ -85,10 +85,15 @@ class StreamAborted(Exception):
 
 @dataclass(slots=True)
 class Taken:
-    """A request handed to one poller, not yet bound to its Request URL."""
+    """A request handed to one poller, not yet bound to its Request URL.
+
+    ``local``: handed over inside this process without passing through the shared store (the
+    requestor and the poller are both held here); the broker decides what that saves.
+    """
 
     key: str
     request: PublicRequest
+    local: bool = False
 
 
 @dataclass(slots=True)
@@ -177,11 +182,15 @@ class Broker(abc.ABC):
         """The next queued request of ``key`` if there is one now (for pipelines, RH-26)."""
 
     @abc.abstractmethod
-    async def bind(self, slot: str, taken: Taken, reply_timeout: float) -> bool:
+    async def bind(
+        self, slot: str, taken: Taken, reply_timeout: float, *, answered_here: bool = False
+    ) -> bool:
         """Record that ``taken`` is delivered on Request URL ``slot``.
 
         False when another request is already pending on ``slot`` (two pollers sharing one
-        Request URL); the caller then puts ``taken`` back.
+        Request URL); the caller then puts ``taken`` back. ``answered_here``: the reply can
+        only come back through this process (on the poller's own connection: WebSocket,
+        PTTH), so nothing about ``slot`` needs to be visible to other processes.
         """
 
     @abc.abstractmethod

@@ -162,7 +162,9 @@ class MemoryBroker(Broker):
     def _is_live(self, request: PublicRequest) -> bool:
         return request.request_id in self._live and request.deadline > now()
 
-    async def bind(self, slot: str, taken: Taken, reply_timeout: float) -> bool:
+    async def bind(
+        self, slot: str, taken: Taken, reply_timeout: float, *, answered_here: bool = False
+    ) -> bool:
         current = self._slots.get(slot)
         if current is not None and current in self._live:
             return False

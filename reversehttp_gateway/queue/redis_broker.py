@@ -13,6 +13,14 @@ Layout, under ``<prefix>:``:
 
 Blocking pops use server-side timeouts only and are never cancelled (notes P4, P9): one
 dispatcher task per (process, key) pops while local pollers wait and hands items to them FIFO.
+
+Local handover (docs/architecture.md, "Local handover"): a public request that arrives while a
+poller of its key waits in this same process goes straight to that poller, without the queue,
+the request hash or the dispatcher. If the poller answers on its own connection (WebSocket,
+PTTH) nothing about it is written to Redis; otherwise ``bind`` writes the request hash and the
+slot in one script, so that a reply reaching any process finds it (RH-29, RH-47). A crash loses
+nothing more than before: the requestor's connection dies with the process that held both.
+Labels are cached per process for ``LABEL_CACHE_SECONDS``; ``gone`` events evict them at once.
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ BLOCK_SECONDS = 1.0
 HEARTBEAT_SECONDS = 1.0
 INLINE_REPLY_LIMIT = 256 * 1024
 RECORD_GRACE = 30
+LABEL_CACHE_SECONDS = 1.0
+SEEN_INTERVAL = 1.0
 
 
 # Bind a taken request to its Request URL slot, once: SET NX, then the in-flight bookkeeping.
@@ -63,6 +73,39 @@ redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('LREM', KEYS[3], 1, ARGV[1])
 redis.call('SET', KEYS[4], ARGV[4])
 return 1
+"""
+
+# Bind a request handed over locally (never queued): the same, plus its hash for other
+# processes (a long-poll reply may arrive at any of them). ARGV[5]: "1" unless the requestor
+# already left, in which case the slot is bound to a request that no longer exists (RH-47).
+_BIND_LOCAL = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[4], ARGV[4])
+if ARGV[5] == '1' then
+  redis.call('HSET', KEYS[3], unpack(ARGV, 6))
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+end
+return 1
+"""
+
+# Claim the request on a slot, once: GETDEL the slot, delete the request hash and its
+# in-flight entry. Returns false (nothing pending), or {id, deleted, hash...}; the hash only
+# when ARGV[2] is "1" (the caller does not hold the request already).
+_CLAIM = """
+local id = redis.call('GETDEL', KEYS[1])
+if not id then return false end
+local record = ARGV[1] .. 'req:' .. id
+local key = ARGV[3]
+if key == '' then key = redis.call('HGET', record, 'key') end
+local data = {}
+if ARGV[2] == '1' then data = redis.call('HGETALL', record) end
+local deleted = redis.call('DEL', record)
+if key then redis.call('ZREM', ARGV[1] .. 'inflight:' .. key, id) end
+local result = {id, deleted}
+for _, v in ipairs(data) do result[#result + 1] = v end
+return result
 """
 
 
@@ -106,6 +149,10 @@ class RedisBroker(Broker):
         )
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._bound: dict[str, PublicRequest] = {}  # slots this process bound, until claimed
+        # Slots of requests handed over locally and answered here: never written to Redis.
+        self._local_slots: dict[str, PublicRequest] = {}
+        self._labels: dict[str, tuple[str, float]] = {}  # label -> (key, cached until)
+        self._seen_written: dict[str, float] = {}
         self._dispatchers: dict[str, _Dispatcher] = {}
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -149,6 +196,7 @@ class RedisBroker(Broker):
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(reply_channel, events_channel)
+                self._labels.clear()  # events may have been missed while unsubscribed
                 self._subscribed.set()
                 await self._collect_stranded_replies()
                 async for message in pubsub.listen():
@@ -197,10 +245,17 @@ class RedisBroker(Broker):
 
     def _on_event(self, data: bytes) -> None:
         kind, key = data.decode().split(" ", 1)
+        if kind == "gone":
+            self._forget_key(key)
         if kind == "gone" and (dispatcher := self._dispatchers.get(key)) is not None:
             for waiter in dispatcher.waiters:
                 if not waiter.done():
                     waiter.set_exception(RegistrationGone())
+
+    def _forget_key(self, key: str) -> None:
+        """Evict ``key`` from the label cache (its registration is gone)."""
+        for label in [label for label, (cached, _) in self._labels.items() if cached == key]:
+            del self._labels[label]
 
     # Directory --------------------------------------------------------------------------
     async def activate(self, key: str, label: str) -> None:
@@ -210,8 +265,11 @@ class RedisBroker(Broker):
             pipe.sadd(self._k("regs"), key)
             pipe.set(self._k("seen", key), repr(now()))
             await pipe.execute()
+        self._labels.pop(label, None)
 
     async def deactivate(self, key: str, label: str) -> None:
+        self._labels.pop(label, None)
+        self._forget_key(key)
         async with self._guard():
             queue = self._k("q", key)
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -236,9 +294,20 @@ class RedisBroker(Broker):
                     )
 
     async def lookup_label(self, label: str) -> str | None:
+        cached = self._labels.get(label)
+        moment = now()
+        if cached is not None and cached[1] > moment:
+            return cached[0]
         async with self._guard():
             value = await self._redis.get(self._k("label", label))
-        return value.decode() if value else None
+        if not value:
+            self._labels.pop(label, None)
+            return None
+        key = value.decode()
+        if len(self._labels) >= 100_000:
+            self._labels.clear()
+        self._labels[label] = (key, moment + LABEL_CACHE_SECONDS)
+        return key
 
     async def active_keys(self) -> set[str]:
         async with self._guard():
@@ -257,23 +326,13 @@ class RedisBroker(Broker):
         request.origin = self._proc
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request.request_id] = future
+        if not request.body_stream and self._hand_over_locally(key, request):
+            return Ticket(key, request.request_id, future)
         record = self._k("req", request.request_id)
         ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
         try:
             async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(
-                    record,
-                    mapping={
-                        "env": request.envelope,
-                        "client": request.requesting_client,
-                        "method": request.method,
-                        "deadline": repr(request.deadline),
-                        "origin": self._proc,
-                        "key": key,
-                        "stream": request.body_stream,
-                        "length": "" if request.body_length is None else request.body_length,
-                    },
-                )
+                pipe.hset(record, mapping=self._record(key, request))
                 pipe.expire(record, ttl)
                 pipe.lpush(self._k("q", key), request.request_id)
                 *_, queued = await pipe.execute()
@@ -288,7 +347,39 @@ class RedisBroker(Broker):
             raise
         return Ticket(key, request.request_id, future)
 
+    def _hand_over_locally(self, key: str, request: PublicRequest) -> bool:
+        """Give ``request`` to a poller of ``key`` waiting in this process, if one is."""
+        dispatcher = self._dispatchers.get(key)
+        if dispatcher is None:
+            return False
+        while dispatcher.waiters:
+            waiter = dispatcher.waiters.popleft()
+            if not waiter.done():
+                request.key = key
+                waiter.set_result(Taken(key, request, local=True))
+                return True
+        return False
+
+    def local_in_flight(self, key: str) -> int:
+        """Requests of ``key`` handed over in this process and answered here, unanswered."""
+        return sum(1 for request in self._local_slots.values() if request.key == key)
+
+    def _record(self, key: str, request: PublicRequest) -> dict[str, str | bytes | int]:
+        """The fields of the ``req:<id>`` hash (read back by :meth:`_from_hash`)."""
+        return {
+            "env": request.envelope,
+            "client": request.requesting_client,
+            "method": request.method,
+            "deadline": repr(request.deadline),
+            "origin": request.origin,
+            "key": key,
+            "stream": request.body_stream,
+            "length": "" if request.body_length is None else request.body_length,
+        }
+
     async def app_available(self, key: str, grace: float) -> bool:
+        if self.local_in_flight(key):
+            return True  # a request handed over here is being answered
         moment = now()
         async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
             pipe.zcount(self._k("disp", key), moment, "+inf")
@@ -401,7 +492,11 @@ class RedisBroker(Broker):
             await pipe.execute()
 
     async def _load(self, request_id: str) -> PublicRequest | None:
-        data = await self._redis.hgetall(self._k("req", request_id))
+        return self._from_hash(request_id, await self._redis.hgetall(self._k("req", request_id)))
+
+    @staticmethod
+    def _from_hash(request_id: str, data: dict[bytes, bytes]) -> PublicRequest | None:
+        """The request stored as ``data`` (see :meth:`_record`); None if gone or expired."""
         if not data:
             return None
         deadline = float(data[b"deadline"])
@@ -425,50 +520,109 @@ class RedisBroker(Broker):
             pipe.rpush(self._k("q", key), request_id)
             await pipe.execute()
 
-    async def bind(self, slot: str, taken: Taken, reply_timeout: float) -> bool:
+    async def bind(
+        self, slot: str, taken: Taken, reply_timeout: float, *, answered_here: bool = False
+    ) -> bool:
         request = taken.request
+        if taken.local and answered_here:
+            if slot in self._local_slots:
+                return False
+            self._local_slots[slot] = request
+            await self._touch_seen(taken.key)
+            return True
         ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
-        keys = [
-            self._k("slot", slot),
-            self._k("inflight", taken.key),
-            self._k("taking", self._proc),
-            self._k("seen", taken.key),
-        ]
+        moment = repr(now())
+        if taken.local:
+            keys = [
+                self._k("slot", slot),
+                self._k("inflight", taken.key),
+                self._k("req", request.request_id),
+                self._k("seen", taken.key),
+            ]
+            waiting = request.request_id in self._pending
+            fields = [x for pair in self._record(taken.key, request).items() for x in pair]
+            args = [request.request_id, ttl, repr(request.deadline), moment, int(waiting)]
+            script = _BIND_LOCAL
+        else:
+            keys = [
+                self._k("slot", slot),
+                self._k("inflight", taken.key),
+                self._k("taking", self._proc),
+                self._k("seen", taken.key),
+            ]
+            fields = []
+            args = [request.request_id, ttl, repr(request.deadline), moment]
+            script = _BIND
         async with self._guard():
-            bound = await self._redis.eval(
-                _BIND, 4, *keys, request.request_id, ttl, repr(request.deadline), repr(now())
-            )
+            bound = await self._redis.eval(script, 4, *keys, *args, *fields)
         if bound:
             self._bound[slot] = request
+            self._seen_written[taken.key] = now()
         return bool(bound)
 
+    async def _touch_seen(self, key: str) -> None:
+        """Poller activity of ``key`` for other processes (RH-07, RH-64), once a second."""
+        moment = now()
+        if moment - self._seen_written.get(key, 0.0) < SEEN_INTERVAL:
+            return
+        self._seen_written[key] = moment
+        with contextlib.suppress(RedisError):
+            await self._redis.set(self._k("seen", key), repr(moment))
+
     async def put_back(self, taken: Taken) -> None:
-        async with self._guard():
-            await self._requeue(taken.key, taken.request.request_id)
+        request = taken.request
+        if not taken.local:
+            async with self._guard():
+                await self._requeue(taken.key, request.request_id)
+            return
+        if request.request_id not in self._pending:
+            return  # the requestor left meanwhile: nothing to deliver
+        if self._hand_over_locally(taken.key, request):
+            return
+        # Never written to Redis: store it now, at the head of the queue (RH-30).
+        record = self._k("req", request.request_id)
+        ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
+        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(record, mapping=self._record(taken.key, request))
+            pipe.expire(record, ttl)
+            pipe.rpush(self._k("q", taken.key), request.request_id)
+            await pipe.execute()
+
+    def _still_waiting(self, request: PublicRequest) -> bool:
+        future = self._pending.get(request.request_id)
+        return future is not None and not future.done() and request.deadline > now()
 
     async def redeliver(self, slot: str) -> PublicRequest | None:
+        local = self._local_slots.get(slot)
+        if local is not None:
+            return local if self._still_waiting(local) else None
         async with self._guard():
             request_id = await self._redis.get(self._k("slot", slot))
             return await self._load(request_id.decode()) if request_id else None
 
     async def claim(self, slot: str) -> PublicRequest | None:
-        local = self._bound.pop(slot, None)
+        local_slot = self._local_slots.pop(slot, None)
+        if local_slot is not None:
+            return local_slot if self._still_waiting(local_slot) else None
+        held = self._bound.pop(slot, None)
         async with self._guard():
-            request_id = await self._redis.getdel(self._k("slot", slot))
-            if request_id is None:
-                return None
-            if local is not None and local.request_id == request_id.decode():
-                request: PublicRequest | None = local  # bound by this process: no reload
-            else:
-                request = await self._load(request_id.decode())
-            if request is None:
-                return None
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(self._k("req", request.request_id))
-                pipe.zrem(self._k("inflight", request.key), request.request_id)
-                deleted, _ = await pipe.execute()
-        # A withdrawn request (its requestor left or timed out) has no record any more.
-        return request if deleted else None
+            result = await self._redis.eval(
+                _CLAIM,
+                1,
+                self._k("slot", slot),
+                self._k(""),
+                "0" if held is not None else "1",
+                held.key if held is not None else "",
+            )
+        if not result:
+            return None
+        request_id, deleted, *flat = result
+        request_id = request_id.decode()
+        if not deleted:  # withdrawn: its requestor left or timed out (RH-47)
+            return None
+        if held is not None:  # bound by this process: no reload
+            return held if held.request_id == request_id else None
+        return self._from_hash(request_id, dict(zip(flat[::2], flat[1::2], strict=True)))
 
     async def route_reply(self, request: PublicRequest, reply: Reply) -> None:
         if request.origin == self._proc:  # the requestor is ours: no round trip through Redis
@@ -510,9 +664,10 @@ class RedisBroker(Broker):
     async def housekeeping(self) -> None:
         """Heartbeat this process, and re-queue what crashed processes had taken (reaper)."""
         moment = now()
-        for slot, request in list(self._bound.items()):
-            if request.deadline < moment - RECORD_GRACE:
-                del self._bound[slot]
+        for bound in (self._bound, self._local_slots):
+            for slot, request in list(bound.items()):
+                if request.deadline < moment - RECORD_GRACE:
+                    del bound[slot]
         procs = self._k("procs")
         async with self._guard():
             await self._redis.zadd(procs, {self._proc: moment})

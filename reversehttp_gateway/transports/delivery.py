@@ -14,13 +14,19 @@ class SlotBusy(Exception):
 
 
 async def take_and_bind(
-    broker: Broker, key: str, slot: str, gone: asyncio.Event, timeout: float | None = None
+    broker: Broker,
+    key: str,
+    slot: str,
+    gone: asyncio.Event,
+    timeout: float | None = None,
+    *,
+    answered_here: bool = False,
 ) -> Taken | None:
     """Wait for the next request of ``key`` and bind it to ``slot``.
 
     None on timeout or when the poller left; a request taken for a poller that left meanwhile
     goes back to the head of the queue (RH-30). Raises ``RegistrationGone`` (410) and
-    ``SlotBusy`` (409).
+    ``SlotBusy`` (409). ``answered_here``: see :meth:`Broker.bind`.
     """
     poll_timeout = gateway_settings.POLL_TIMEOUT if timeout is None else timeout
     taken = await broker.take(key, poll_timeout, gone)
@@ -29,7 +35,9 @@ async def take_and_bind(
     if gone.is_set():
         await broker.put_back(taken)
         return None
-    if not await broker.bind(slot, taken, gateway_settings.REPLY_TIMEOUT):
+    if not await broker.bind(
+        slot, taken, gateway_settings.REPLY_TIMEOUT, answered_here=answered_here
+    ):
         await broker.put_back(taken)
         raise SlotBusy
     return taken

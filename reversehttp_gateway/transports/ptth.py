@@ -420,7 +420,10 @@ class ReversedConnection:
             await self.broker.put_back(taken)  # PT-07: not written, so the next poller gets it
             return False
         slot = capabilities.new_slot(taken.key)
-        if not await self.broker.bind(slot, taken, gateway_settings.REPLY_TIMEOUT):
+        bound = await self.broker.bind(
+            slot, taken, gateway_settings.REPLY_TIMEOUT, answered_here=True
+        )
+        if not bound:
             await self.broker.put_back(taken)
             return True
         if self.writer.is_closing() or self.reader.at_eof():

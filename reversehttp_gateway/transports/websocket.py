@@ -96,7 +96,9 @@ class _Connection:
                 return  # the application lowered its concurrency
             slot = capabilities.new_slot(self.address.key)
             try:
-                taken = await take_and_bind(self.broker, self.address.key, slot, self.gone)
+                taken = await take_and_bind(
+                    self.broker, self.address.key, slot, self.gone, answered_here=True
+                )
             except RegistrationGone:
                 # Requests in flight still get their answers (RH-52); close once they have.
                 while self.in_flight and not self.gone.is_set():

@@ -1,0 +1,202 @@
+"""The Redis broker's local handover and label cache, on a real Redis.
+
+Two ``RedisBroker`` objects on one event loop stand for two gateway processes: each has its own
+process id, reply channel and dispatchers, and they share only Redis. Requirement ids refer to
+shared/spec/PROTOCOL.md; docs/architecture.md ("Local handover") has the design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from reversehttp_gateway.queue import redis_broker
+from reversehttp_gateway.queue.base import PublicRequest, RegistrationGone, Reply
+from reversehttp_gateway.queue.redis_broker import RedisBroker
+
+pytestmark = pytest.mark.asyncio
+
+ENVELOPE = b"GET /hello HTTP/1.1\r\nHost: demo.gw.test\r\n\r\n"
+
+
+def public_request(envelope: bytes = ENVELOPE, seconds: float = 10) -> PublicRequest:
+    return PublicRequest(
+        envelope=envelope,
+        requesting_client="203.0.113.9",
+        method="GET",
+        deadline=redis_broker.now() + seconds,
+    )
+
+
+@pytest.fixture
+async def pair(redis_url: str) -> AsyncIterator[tuple[RedisBroker, RedisBroker, aioredis.Redis]]:
+    """Brokers ``a`` and ``b`` ("two processes") sharing a fresh key prefix, and a raw client."""
+    prefix = f"tb{uuid.uuid4().hex[:10]}"
+    a, b = RedisBroker(redis_url, prefix), RedisBroker(redis_url, prefix)
+    await a.start()
+    await b.start()
+    raw = aioredis.Redis.from_url(redis_url)
+    yield a, b, raw
+    await a.close()
+    await b.close()
+    keys = [key async for key in raw.scan_iter(f"{prefix}:*")]
+    if keys:
+        await raw.delete(*keys)
+    await raw.aclose()
+
+
+async def waiting_poller(broker: RedisBroker, key: str) -> asyncio.Task:
+    """A poller of ``key`` waiting in ``broker`` (a ``take`` in progress)."""
+    task = asyncio.ensure_future(broker.take(key, 5, asyncio.Event()))
+    for _ in range(100):
+        dispatcher = broker._dispatchers.get(key)
+        if dispatcher is not None and dispatcher.has_waiters():
+            return task
+        await asyncio.sleep(0.01)
+    raise AssertionError("the poller did not start waiting")
+
+
+async def keys_of(raw: aioredis.Redis, broker: RedisBroker, kind: str) -> list[bytes]:
+    return [key async for key in raw.scan_iter(broker._k(kind, "*"))]
+
+
+async def test_local_handover_answered_here_touches_no_queue_or_record(pair):
+    """WebSocket/PTTH: requestor and poller in one process, reply on the poller's connection."""
+    a, _, raw = pair
+    await a.activate("k1", "demo")
+    poller = await waiting_poller(a, "k1")
+    ticket = await a.enqueue("k1", public_request())
+    taken = await poller
+    assert taken.local and taken.request.envelope == ENVELOPE
+    assert await a.bind("slot-1", taken, 10, answered_here=True)
+    assert await keys_of(raw, a, "req") == [] and await keys_of(raw, a, "slot") == []
+    assert await raw.llen(a._k("q", "k1")) == 0
+    assert await a.app_available("k1", grace=0)  # RH-64: a request is being answered
+    claimed = await a.claim("slot-1")
+    assert claimed is not None and claimed.request_id == ticket.request_id
+    assert await a.claim("slot-1") is None  # RH-47: once
+    await a.route_reply(claimed, Reply(200, [], b"hi"))
+    assert (await asyncio.wait_for(ticket.reply, 1)).body == b"hi"
+
+
+async def test_local_handover_bound_for_longpoll_can_be_answered_by_another_process(pair):
+    """RH-29, RH-47: a long-poll reply may reach any process; the record is written at bind."""
+    a, b, _ = pair
+    await a.activate("k2", "demo2")
+    poller = await waiting_poller(a, "k2")
+    ticket = await a.enqueue("k2", public_request())
+    taken = await poller
+    assert taken.local
+    assert await a.bind("slot-2", taken, 10)
+    again = await b.redeliver("slot-2")  # RH-29: the same request on a repeated poll
+    assert again is not None and again.envelope == ENVELOPE
+    claimed = await b.claim("slot-2")
+    assert claimed is not None and claimed.origin == a.process_id
+    assert await a.claim("slot-2") is None
+    await b.route_reply(claimed, Reply(201, [(b"x-from", b"b")], b"from b"))
+    reply = await asyncio.wait_for(ticket.reply, 2)
+    assert (reply.status, reply.body) == (201, b"from b")
+
+
+async def test_requestor_gone_before_bind_leaves_nothing_to_claim(pair):
+    """A withdrawn request is not answered later (RH-47), whichever way it was handed over."""
+    a, b, raw = pair
+    await a.activate("k3", "demo3")
+    for answered_here, slot in ((True, "slot-3a"), (False, "slot-3b")):
+        poller = await waiting_poller(a, "k3")
+        ticket = await a.enqueue("k3", public_request())
+        taken = await poller
+        assert not await a.withdraw(ticket)  # delivered already: not "never delivered"
+        a.forget(ticket)  # what relay() does when its requestor leaves
+        assert await a.bind(slot, taken, 10, answered_here=answered_here)
+        assert await (a if answered_here else b).claim(slot) is None
+    assert await keys_of(raw, a, "req") == []
+
+
+async def test_put_back_of_a_local_request_queues_it_for_every_process(pair):
+    """RH-30: a poller that left before handover; the request goes to the head of the queue."""
+    a, b, _ = pair
+    await a.activate("k4", "demo4")
+    poller = await waiting_poller(a, "k4")
+    ticket = await a.enqueue("k4", public_request())
+    taken = await poller
+    await a.put_back(taken)  # no other poller waits in a: into Redis
+    taken_b = await b.take("k4", 3, asyncio.Event())
+    assert taken_b is not None and not taken_b.local
+    assert taken_b.request.request_id == ticket.request_id
+    assert await b.bind("slot-4", taken_b, 10, answered_here=True)
+    claimed = await b.claim("slot-4")
+    assert claimed is not None
+    await b.route_reply(claimed, Reply(200, [], b"via b"))
+    assert (await asyncio.wait_for(ticket.reply, 2)).body == b"via b"
+
+
+async def test_requests_from_another_process_still_go_through_the_queue(pair):
+    """The local handover is only for requestors held here; b's request reaches a's poller."""
+    a, b, _ = pair
+    await a.activate("k5", "demo5")
+    poller = await waiting_poller(a, "k5")
+    ticket = await b.enqueue("k5", public_request())
+    taken = await asyncio.wait_for(poller, 3)
+    assert not taken.local
+    assert await a.bind("slot-5", taken, 10, answered_here=True)
+    claimed = await a.claim("slot-5")
+    assert claimed is not None
+    await a.route_reply(claimed, Reply(200, [], b"to b"))
+    assert (await asyncio.wait_for(ticket.reply, 2)).body == b"to b"
+
+
+async def test_streamed_bodies_are_never_handed_over_locally(pair):
+    """A streamed body lives on a broker stream: its request goes through the shared queue."""
+    a, _, raw = pair
+    await a.activate("k6", "demo6")
+    poller = await waiting_poller(a, "k6")
+    request = public_request()
+    request.body_stream, request.body_length = "s-k6", 10
+    await a.enqueue("k6", request)
+    taken = await asyncio.wait_for(poller, 3)
+    assert not taken.local
+    assert await keys_of(raw, a, "req") != []
+
+
+async def test_label_cache_is_evicted_by_gone_events_of_other_processes(pair, monkeypatch):
+    """A label deleted in one process stops resolving in the others at once (RH-24)."""
+    monkeypatch.setattr(redis_broker, "LABEL_CACHE_SECONDS", 3600)
+    a, b, _ = pair
+    await b.activate("k7", "cached")
+    assert await a.lookup_label("cached") == "k7"
+    await b.deactivate("k7", "cached")
+    for _ in range(100):
+        if await a.lookup_label("cached") is None:
+            break
+        await asyncio.sleep(0.01)
+    assert await a.lookup_label("cached") is None
+    await b.activate("k7-new", "cached")  # a new registration of the same label
+    assert await a.lookup_label("cached") == "k7-new"
+
+
+async def test_label_cache_expires_without_events(pair, monkeypatch):
+    """Even a missed event cannot keep a stale label longer than LABEL_CACHE_SECONDS."""
+    monkeypatch.setattr(redis_broker, "LABEL_CACHE_SECONDS", 0.2)
+    a, _, raw = pair
+    await a.activate("k8", "moving")
+    assert await a.lookup_label("moving") == "k8"
+    await raw.set(a._k("label", "moving"), "k8-other")  # changed behind a's back, no event
+    assert await a.lookup_label("moving") == "k8"
+    await asyncio.sleep(0.3)
+    assert await a.lookup_label("moving") == "k8-other"
+
+
+async def test_registration_gone_still_reaches_local_pollers(pair):
+    """RH-24: deleting the registration ends the waiting polls with 410, cache or not."""
+    a, b, _ = pair
+    await a.activate("k9", "leaving")
+    assert await a.lookup_label("leaving") == "k9"
+    poller = await waiting_poller(a, "k9")
+    await b.deactivate("k9", "leaving")
+    with pytest.raises(RegistrationGone):
+        await asyncio.wait_for(poller, 3)
