@@ -168,6 +168,13 @@ def test_write_stores_rows_with_redacted_credentials():
 
 
 @pytest.mark.django_db
+def test_write_inserts_batches_larger_than_one_statement():
+    items = [inspector.capture(relay_record(), bodies=False, limit=0)] * 1201
+    assert inspector.write(items) == 1201 and inspector.write([]) == 0
+    assert RequestLog.objects.count() == 1201
+
+
+@pytest.mark.django_db
 def test_write_keeps_credentials_when_redaction_is_off():
     with gateway_settings(INSPECTOR_REDACT_HEADERS=[]):
         inspector.write([inspector.capture(relay_record(), bodies=False, limit=0)])
