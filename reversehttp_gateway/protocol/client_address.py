@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 
@@ -31,10 +32,16 @@ def format_requesting_client(client: Sequence[object] | None) -> str | None:
     """
     if client is None or isinstance(client, str | bytes) or len(client) != 2:
         return None
-    host, raw_port = client[0], client[1]
-    port = _port(raw_port)
+    host, port = client[0], _port(client[1])
     if port is None or not isinstance(host, str):
         return None
+    shown = _format_host(host)
+    return None if shown is None else f"{shown}:{port}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _format_host(host: str) -> str | None:
+    """The host part of ``format_requesting_client`` (cached: one parse per peer address)."""
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     try:
@@ -43,6 +50,6 @@ def format_requesting_client(client: Sequence[object] | None) -> str | None:
         return None
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
-            return f"{address.ipv4_mapped}:{port}"
-        return f"[{address.compressed}]:{port}"
-    return f"{address}:{port}"
+            return str(address.ipv4_mapped)
+        return f"[{address.compressed}]"
+    return str(address)

@@ -458,7 +458,8 @@ class ReversedConnection:
             status = reply.status if reply is not None else self.streamed_status
             if reply is not None:
                 await self._route(slot, reply)
-            access_log.info(
+            # The public side logs the request (transport=ptth); this line is for debugging.
+            access_log.debug(
                 'ptth %s "%s %s" %s %s %.1fms',
                 request.requesting_client or "-",
                 method,
