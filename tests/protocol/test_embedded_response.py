@@ -609,3 +609,99 @@ def test_pipelines_of_arbitrary_bytes_raise_only_invalid_response(data, methods)
     except InvalidResponse:
         return
     assert len(responses) == len(methods)
+
+
+# --- the plain-reply fast path agrees with h11 ---------------------------------------------
+
+
+def _mostly(usual: list[bytes], unusual: list[bytes]) -> st.SearchStrategy[bytes]:
+    """Draw from ``usual`` four times in five, else from ``unusual``."""
+    return st.sampled_from(usual * 4 * max(1, len(unusual)) + unusual * len(usual))
+
+
+_NAMES = _mostly(
+    [b"Content-Type", b"Server", b"X-A", b"Connection", b"Keep-Alive", b"date"],
+    [b"Content-Length", b"content-length", b"Transfer-Encoding", b"X A", b"X@", b"", b"\xe9"],
+)
+_SEPARATORS = _mostly([b": ", b":"], [b":\t", b" :", b":  "])
+_VALUES = _mostly(
+    [b"text/plain", b"close", b"keep-alive, X-A", b"a  b", b"x\ty", b"\xff\xfe", b""],
+    [
+        b"5",
+        b"0",
+        b" 5 ",
+        b"5,5",
+        b"05",
+        b"-1",
+        b"chunked",
+        b"\t",
+        b" ",
+        b"\x0b",
+        b"\x00",
+        b"99999999999999999999999",
+    ],
+)
+
+
+@st.composite
+def plain_like_replies(draw: st.DrawFn) -> tuple[bytes, str]:
+    """Replies near the fast path's edges: most are plain, many are just outside it."""
+    version = draw(_mostly([b"1.1", b"1.0"], [b"1.9", b"2.0", b"0.9", b"1.x"]))
+    status = draw(
+        _mostly([b"200", b"201", b"404", b"599"], [b"204", b"304", b"600", b"100", b"20", b"2000"])
+    )
+    reason = draw(
+        _mostly(
+            [b"OK", b"[object Object]", b"a\tb", b"\xc3\xa9t\xc3\xa9"],
+            [b"", b" lead", b"bad\x00", b"trail ", b"-"],
+        )
+    )
+    status_line = b"HTTP/" + version + b" " + status
+    if reason != b"-":
+        status_line += b" " + reason
+    lines = [status_line]
+    for _ in range(draw(st.integers(0, 4))):
+        trailing = draw(_mostly([b""], [b" ", b"\t"]))
+        lines.append(draw(_NAMES) + draw(_SEPARATORS) + draw(_VALUES) + trailing)
+    body = draw(st.binary(max_size=20))
+    if draw(_mostly([b"yes"], [b"no"])) == b"yes":
+        delta = int(draw(_mostly([b"0"], [b"-1", b"1"])))
+        lines.insert(draw(st.integers(1, len(lines))), b"Content-Length: %d" % (len(body) + delta))
+    tail = draw(_mostly([b""], [b"\r\n", b"x", b"HTTP/1.1 200 OK\r\n\r\n"]))
+    end = draw(_mostly([b"\r\n\r\n"], [b"\n\n", b"\r\n", b"\r\n\n"]))
+    method = draw(st.sampled_from(["GET", "GET", "GET", "POST", "HEAD", "head"]))
+    return b"\r\n".join(lines) + end + body + tail, method
+
+
+@settings(max_examples=1500, deadline=None)
+@given(plain_like_replies())
+def test_plain_fast_path_gives_exactly_what_h11_gives(reply):
+    """RH-48..RH-51: a reply the fast path accepts parses the same with h11, framing included."""
+    from reversehttp_gateway.protocol import embedded_response as er
+
+    data, method = reply
+    try:
+        er._check_heads(data)
+    except InvalidResponse:
+        return  # rejected before either parser runs
+    plain = er._parse_plain(data, method)
+    if plain is None:
+        return
+    assert er._parse_with_h11(data, method) == (plain[0], plain[1], False)
+
+
+def test_plain_fast_path_takes_the_usual_replies():
+    """The replies the clients send (Content-Length framed) do not need an h11 connection."""
+    from reversehttp_gateway.protocol import embedded_response as er
+
+    usual = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n"
+        b"connection: keep-alive, x-hop\r\nx-hop: 1\r\nx-kept: 2\r\n\r\nhello"
+    )
+    plain = er._parse_plain(usual, "GET")
+    assert plain is not None
+    assert plain[0] == ParsedResponse(
+        200, b"OK", [(b"content-type", b"text/plain"), (b"x-kept", b"2")], b"hello"
+    )
+    assert er._parse_plain(PYTHON_REPLY, "GET") is None  # no Content-Length: h11 decides
+    assert er._parse_plain(usual, "HEAD") is None
