@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
     # Absolute base URL of the gateway itself; every issued URL is built from it (RH-94).
@@ -108,10 +109,25 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 
 class GatewaySettings:
-    """Typed view of ``settings.REVERSEHTTP_GATEWAY`` that fills in defaults on every access."""
+    """Typed view of ``settings.REVERSEHTTP_GATEWAY`` that fills in defaults on every access.
+
+    The dict itself is looked up once (settings access costs a ``LazyObject`` indirection, and
+    the relay path reads a dozen values per request) and again after Django's
+    ``setting_changed`` signal, which ``override_settings`` sends.
+    """
+
+    def __init__(self) -> None:
+        self._configured: dict[str, Any] | None = None
+
+    def reload(self) -> None:
+        """Forget the cached dict: the next access reads ``settings`` again."""
+        self._configured = None
 
     def _get(self, name: str) -> Any:
-        configured = getattr(settings, "REVERSEHTTP_GATEWAY", None) or {}
+        configured = self._configured
+        if configured is None:
+            configured = getattr(settings, "REVERSEHTTP_GATEWAY", None) or {}
+            self._configured = configured
         return configured.get(name, DEFAULTS[name])
 
     @property
@@ -327,3 +343,11 @@ class GatewaySettings:
 
 
 gateway_settings = GatewaySettings()
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "REVERSEHTTP_GATEWAY":
+        gateway_settings.reload()
+
+
+setting_changed.connect(_on_setting_changed)

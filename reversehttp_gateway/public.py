@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
+
+from django.core.signals import setting_changed
 
 from . import events
 from .conf import gateway_settings
@@ -129,8 +132,12 @@ async def handle(scope: Scope, receive: Receive, send: Send, broker: Broker, lab
     return outcome.status
 
 
+@functools.cache
 def _gateway_cookie_names() -> frozenset[bytes]:
-    """The gateway site's own cookies: never relayed to applications (RH-93)."""
+    """The gateway site's own cookies: never relayed to applications (RH-93).
+
+    Cached; ``override_settings`` of either name clears it (``_on_setting_changed``).
+    """
     from django.conf import settings
 
     return frozenset(
@@ -138,6 +145,14 @@ def _gateway_cookie_names() -> frozenset[bytes]:
         for name in (settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME)
         if name
     )
+
+
+def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
+    if setting in ("SESSION_COOKIE_NAME", "CSRF_COOKIE_NAME"):
+        _gateway_cookie_names.cache_clear()
+
+
+setting_changed.connect(_on_setting_changed)
 
 
 def _without_gateway_cookie_header(
