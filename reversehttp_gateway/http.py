@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from .queue.base import Reply
+from .waiting import Flag
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -53,7 +54,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 def watch_disconnect(receive: Receive) -> tuple[asyncio.Event, asyncio.Task[None]]:
     """An event set when the client disconnects; call only after the body was read."""
-    gone = asyncio.Event()
+    gone = Flag()
 
     async def watch() -> None:
         while True:

@@ -35,6 +35,7 @@ from .protocol.client_address import format_requesting_client
 from .protocol.embedded_request import build_embedded_request
 from .queue.base import Broker, PublicRequest, QueueFull, Reply, StreamAborted, now
 from .queue.relay import relay_with_settings
+from .waiting import Flag
 
 access_log = logging.getLogger("reversehttp_gateway.access")
 logger = logging.getLogger(__name__)
@@ -317,7 +318,7 @@ async def _relay(
     if ended:
         gone, watcher = watch_disconnect(receive)
     else:
-        gone = asyncio.Event()
+        gone = Flag()
         watcher = asyncio.ensure_future(
             _pump_body(broker, request.body_stream, chunks, receive, gone)
         )

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import secrets
 
+from ..waiting import wait_either
 from .base import (
     Activity,
     Broker,
@@ -136,11 +137,9 @@ class MemoryBroker(Broker):
             raise TooManyPollers
         waiter: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
         waiters.append(waiter)
-        gone = asyncio.ensure_future(disconnected.wait())
         try:
-            await asyncio.wait({waiter, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await wait_either(waiter, disconnected, timeout)
         finally:
-            gone.cancel()
             self._seen[key] = now()
         if not waiter.done():
             waiter.cancel()

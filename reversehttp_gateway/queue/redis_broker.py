@@ -39,6 +39,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..waiting import wait_either
 from .base import (
     Activity,
     Broker,
@@ -409,11 +410,7 @@ class RedisBroker(Broker):
         dispatcher.waiters.append(waiter)
         if dispatcher.task is None or dispatcher.task.done():
             dispatcher.task = asyncio.ensure_future(self._dispatch(key, dispatcher))
-        gone = asyncio.ensure_future(disconnected.wait())
-        try:
-            await asyncio.wait({waiter, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
+        await wait_either(waiter, disconnected, timeout)
         if not waiter.done():
             waiter.cancel()
             with contextlib.suppress(RedisError):

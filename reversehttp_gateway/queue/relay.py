@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
+from ..waiting import wait_either
 from .base import Broker, PublicRequest, Reply
 
 NO_APP_MESSAGE = "No application server was available for this address"
@@ -17,15 +18,7 @@ NO_REPLY_MESSAGE = "Timeout waiting for the response from the application"
 
 async def _wait(future: asyncio.Future[Reply], timeout: float, gone: asyncio.Event) -> Reply | None:
     """The reply, or None when ``timeout`` passed or ``gone`` was set first."""
-    if future.done():
-        return future.result()
-    gone_waiter = asyncio.ensure_future(gone.wait())
-    try:
-        await asyncio.wait(
-            {future, gone_waiter}, timeout=max(timeout, 0), return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        gone_waiter.cancel()
+    await wait_either(future, gone, max(timeout, 0))
     return future.result() if future.done() else None
 
 

@@ -46,6 +46,7 @@ from ..queue.base import (
     now,
 )
 from ..resolution import BadToken, resolve_private_url, resolve_token
+from ..waiting import Flag
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("reversehttp_gateway.access")
@@ -265,7 +266,7 @@ class ReversedConnection:
         self.writer = writer
         self.broker = broker
         self.address: RegistrationAddress | None = None
-        self.released = asyncio.Event()  # the socket is gone (or we stop): take no more requests
+        self.released = Flag()  # the socket is gone (or we stop): take no more requests
         self._watcher: asyncio.Task[None] | None = None
         self.broken = False  # a request or response was cut off mid-body: close the socket
         self.streamed_status = 0  # the status of the response being streamed, for the log

@@ -47,6 +47,7 @@ from ..queue.base import (
     StreamAborted,
     TooManyPollers,
 )
+from ..waiting import Flag, wait_either
 from .delivery import SlotBusy, take_and_bind
 from .longpoll import BAD_REPLY_MESSAGE
 
@@ -68,7 +69,7 @@ class _Connection:
         self.send = send
         self.broker = broker
         self.address = address
-        self.gone = asyncio.Event()
+        self.gone = Flag()
         self.in_flight: dict[str, tuple[PublicRequest, asyncio.Future[None]]] = {}
         self.loops: list[asyncio.Task[None]] = []
         self.wanted = 0
@@ -124,11 +125,7 @@ class _Connection:
             except Exception:  # the socket broke while writing: never replay (PT-07 rule)
                 self.gone.set()
                 return
-            gone_waiter = asyncio.ensure_future(self.gone.wait())
-            try:
-                await asyncio.wait({answered, gone_waiter}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                gone_waiter.cancel()
+            await wait_either(answered, self.gone)
 
     def grant(self, ident: str, amount: int) -> None:
         """A ``window`` frame from the application for a streamed request body."""
