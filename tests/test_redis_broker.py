@@ -200,3 +200,20 @@ async def test_registration_gone_still_reaches_local_pollers(pair):
     await b.deactivate("k9", "leaving")
     with pytest.raises(RegistrationGone):
         await asyncio.wait_for(poller, 3)
+
+
+async def test_queued_requests_are_popped_in_order_by_the_dispatcher(pair):
+    """RH-60: FIFO, whether the dispatcher finds the queue full (one script) or waits on it."""
+    a, b, raw = pair
+    await a.activate("k10", "fifo")
+    tickets = [
+        await b.enqueue("k10", public_request(b"GET /%d HTTP/1.1\r\n\r\n" % i)) for i in range(3)
+    ]
+    assert await raw.llen(a._k("q", "k10")) == 3
+    for i, ticket in enumerate(tickets):
+        taken = await a.take("k10", 3, asyncio.Event())
+        assert taken is not None and taken.request.request_id == ticket.request_id
+        assert taken.request.envelope == b"GET /%d HTTP/1.1\r\n\r\n" % i
+        assert await a.bind(f"slot-10-{i}", taken, 10, answered_here=True)
+    assert await raw.llen(a._k("q", "k10")) == 0
+    assert await raw.llen(a._k("taking", a.process_id)) == 0
