@@ -9,11 +9,13 @@ from reversehttp_gateway.conf import DEFAULTS, gateway_settings
 
 
 def test_gateway_settings_follow_override_settings():
-    before = gateway_settings.POLL_TIMEOUT
+    def current() -> tuple[float, float]:
+        return gateway_settings.POLL_TIMEOUT, gateway_settings.REPLY_TIMEOUT
+
+    before = current()
     with override_settings(REVERSEHTTP_GATEWAY={"POLL_TIMEOUT": 3.5}):
-        assert gateway_settings.POLL_TIMEOUT == 3.5
-        assert gateway_settings.REPLY_TIMEOUT == DEFAULTS["REPLY_TIMEOUT"]
-    assert gateway_settings.POLL_TIMEOUT == before
+        assert current() == (3.5, DEFAULTS["REPLY_TIMEOUT"])
+    assert current() == before
 
 
 def test_gateway_cookie_names_follow_override_settings():
