@@ -1,9 +1,10 @@
 """The ``message/http`` envelopes on the application's side of the gateway.
 
 A poll answers with one embedded HTTP request; the application POSTs back one HTTP response.
-Requests are parsed with h11 in the server role, so Content-Length framing, header syntax and
-the request line are checked exactly as a real HTTP server would. Replies are always framed by
-``Content-Length``, which every ReverseHttp gateway accepts (PROTOCOL.md RH-49, RH-50).
+Requests are parsed by :func:`.http1_wire.parse_request` with h11's server-side rules, so
+framing, header syntax and the request line are checked exactly as a real HTTP server would.
+Replies are always framed by ``Content-Length``, which every ReverseHttp gateway accepts
+(PROTOCOL.md RH-49, RH-50).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import logging
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
-import h11
-
 from ..protocol.embedded_request import HOP_BY_HOP
+from .http1_wire import ProtocolError, Request, parse_request
 
 __all__ = [
     "AppResponse",
@@ -35,7 +35,6 @@ logger = logging.getLogger("reversehttp_gateway.client")
 
 # Framing and connection headers the client recomputes or that only concern one hop.
 _NOT_RELAYED = HOP_BY_HOP | {b"content-length"}
-_MAX_HEAD_BYTES = 64 * 1024
 
 
 class InvalidEmbeddedRequest(ValueError):
@@ -103,27 +102,11 @@ def parse_embedded_request(data: bytes, *, requesting_client: str | None = None)
     Raises:
         InvalidEmbeddedRequest: ``data`` is not exactly one complete HTTP/1.x request.
     """
-    conn = h11.Connection(our_role=h11.SERVER, max_incomplete_event_size=_MAX_HEAD_BYTES)
-    request: h11.Request | None = None
-    chunks: list[bytes] = []
     try:
-        conn.receive_data(data)
-        conn.receive_data(b"")  # end of the envelope: a truncated body is an error
-        while True:
-            event = conn.next_event()
-            if isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.Data):
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            elif event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
-                raise InvalidEmbeddedRequest("incomplete request")
-    except h11.RemoteProtocolError as exc:
+        request = parse_request(data)
+    except ProtocolError as exc:
         raise InvalidEmbeddedRequest(str(exc)) from None
-    if request is None:  # pragma: no cover - h11 yields the Request before any body event
-        raise InvalidEmbeddedRequest("no request line")
-    return _embedded(request, b"".join(chunks), requesting_client)
+    return _embedded(request, requesting_client)
 
 
 def parse_request_head(data: bytes, *, requesting_client: str | None = None) -> EmbeddedRequest:
@@ -134,20 +117,14 @@ def parse_request_head(data: bytes, *, requesting_client: str | None = None) -> 
     Raises:
         InvalidEmbeddedRequest: ``data`` does not start with a complete HTTP/1.x request head.
     """
-    conn = h11.Connection(our_role=h11.SERVER, max_incomplete_event_size=_MAX_HEAD_BYTES)
     try:
-        conn.receive_data(data)
-        event = conn.next_event()
-    except h11.RemoteProtocolError as exc:
+        request = parse_request(data, head_only=True)
+    except ProtocolError as exc:
         raise InvalidEmbeddedRequest(str(exc)) from None
-    if not isinstance(event, h11.Request):
-        raise InvalidEmbeddedRequest("incomplete request head")
-    return _embedded(event, b"", requesting_client)
+    return _embedded(request, requesting_client)
 
 
-def _embedded(
-    request: h11.Request, body: bytes, requesting_client: str | tuple[str, int] | None
-) -> EmbeddedRequest:
+def _embedded(request: Request, requesting_client: str | tuple[str, int] | None) -> EmbeddedRequest:
     client = (
         requesting_client
         if isinstance(requesting_client, tuple)
@@ -155,10 +132,10 @@ def _embedded(
     )
     return EmbeddedRequest(
         method=request.method.decode("ascii"),
-        target=bytes(request.target),
+        target=request.target,
         http_version=request.http_version.decode("ascii"),
-        headers=[(bytes(name), bytes(value)) for name, value in request.headers],
-        body=body,
+        headers=request.headers,
+        body=request.body,
         requesting_client=client,
     )
 

@@ -26,10 +26,11 @@ import inspect
 import io
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from http.cookiejar import CookieJar
+from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import httpx
@@ -37,6 +38,7 @@ import httpx
 from ..protocol.embedded_request import HOP_BY_HOP
 from .envelope import AppResponse, EmbeddedRequest, has_body
 from .errors import ClientError
+from .http1_client import Http1Error, Http1Pool, Http1Timeout, is_plain_target
 from .registration import describe_transport_error
 from .streams import BufferedResponder, RequestBody, Responder
 
@@ -435,11 +437,68 @@ class WsgiHandler(Handler):
 
 _WHOLE_REQUEST_LIMIT = 64 * 1024  # a streamed body this small is read first and sent whole
 _FORWARD_CHUNK = 64 * 1024
+_MAX_IDLE = 20  # keep-alive connections kept per local server
 
 
 def _text_response(status: int, message: str) -> AppResponse:
     body = f"{status} {message}\n".encode()
     return AppResponse(status, [(b"content-type", b"text/plain; charset=utf-8")], body)
+
+
+class _NoCookies(CookieJar):
+    """Keeps no cookies: one third party's cookies must never reach another's requests."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+    def set_cookie(self, cookie: Any) -> None:
+        pass
+
+
+class _OriginResponse(Protocol):
+    """The local server's response as :meth:`ForwardHandler._relay` reads it."""
+
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+
+    def header(self, name: bytes) -> bytes | None: ...
+
+    async def read(self) -> bytes: ...
+
+    async def read_all(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+class _HttpxResponse:
+    """An httpx streaming response, read as an :class:`_OriginResponse` (https targets)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status = response.status_code
+        self.reason = bytes(response.extensions.get("reason_phrase", b""))
+        self.headers = list(response.headers.raw)
+        self._response = response
+        self._chunks: AsyncIterator[bytes] | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        value = self._response.headers.get(name.decode("latin-1"))
+        return None if value is None else value.encode("latin-1")
+
+    async def read(self) -> bytes:
+        if self._chunks is None:
+            self._chunks = self._response.aiter_raw(_FORWARD_CHUNK).__aiter__()
+        return await anext(self._chunks, b"")
+
+    async def read_all(self) -> bytes:
+        return b"".join([chunk async for chunk in self._response.aiter_raw()])
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+_TIMEOUTS = (Http1Timeout, httpx.TimeoutException)
+_FAILURES = (Http1Error, httpx.TransportError)
 
 
 class ForwardHandler(Handler):
@@ -448,9 +507,13 @@ class ForwardHandler(Handler):
     ``Host`` is rewritten to the target's (local development servers check it) unless
     ``preserve_host``; the public host, scheme, client address and stripped prefix travel in
     ``X-Forwarded-Host``, ``X-Forwarded-Proto``, ``X-Forwarded-For`` and
-    ``X-Forwarded-Prefix``. The body is relayed as received: httpx does not decode
-    ``Content-Encoding`` on the raw stream, and redirects are passed back, not followed.
-    Unreachable targets give 502, timeouts 504.
+    ``X-Forwarded-Prefix``. The body is relayed as received (``Content-Encoding`` is not
+    decoded), redirects are passed back, not followed, and no cookies are kept between
+    requests. Unreachable targets give 502, timeouts 504.
+
+    ``http://`` targets are reached with the lean keep-alive client of :mod:`.http1_client`;
+    ``https://`` targets, targets with credentials and request targets that need normalising
+    go through httpx.
     """
 
     def __init__(
@@ -466,23 +529,41 @@ class ForwardHandler(Handler):
             raise ValueError(f"not an http(s) URL: {target!r}")
         self.target = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
         self._target_host = parts.netloc.encode("idna")
+        self._base_path = parts.path.rstrip("/").encode("utf-8")
+        self._lean_address: tuple[str, int] | None = None
+        try:
+            if parts.scheme == "http" and parts.hostname and "@" not in parts.netloc:
+                self._lean_address = (parts.hostname, parts.port or 80)
+        except ValueError:  # a bad port: httpx reports it on the first request
+            pass
         self.strip_prefix = strip_prefix
         self.preserve_host = preserve_host
         self.timeout = timeout
+        self._pool: Http1Pool | None = None
         self._http: httpx.AsyncClient | None = None
 
     async def startup(self) -> None:
+        if self._pool is None and self._lean_address is not None:
+            host, port = self._lean_address
+            self._pool = Http1Pool(host, port, connect_timeout=10.0, max_idle=_MAX_IDLE)
+
+    def _httpx(self) -> httpx.AsyncClient:
         if self._http is None:
             self._http = httpx.AsyncClient(
                 timeout=httpx.Timeout(self.timeout, connect=10.0),
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=_MAX_IDLE),
                 follow_redirects=False,
                 trust_env=False,
+                cookies=_NoCookies(),
             )
             # Send only the third party's headers: no default Accept-Encoding, User-Agent ...
             self._http.headers = httpx.Headers()
+        return self._http
 
     async def shutdown(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -534,38 +615,46 @@ class ForwardHandler(Handler):
         streamed to ``responder`` when it streams and the body is larger than its
         ``stream_threshold`` (or of unknown length); otherwise it is read whole.
         """
-        if self._http is None:
+        if self._pool is None and self._lean_address is not None:
             await self.startup()
-        assert self._http is not None
         prefix, rest = site.split(request.raw_path, strip_prefix=self.strip_prefix)
-        path = _latin1(rest) or "/"
-        query = _latin1(request.query_string)
-        url = self.target + path + (f"?{query}" if query else "")
         headers = self.outgoing_headers(request, site, prefix)
         content: bytes | RequestBody
         if not body.streamed or (body.length is not None and body.length <= _WHOLE_REQUEST_LIMIT):
             content = await body.read_all()  # whole, or small: one write, no chunked coding
         else:
-            if body.length is not None:  # httpx then sends it instead of the chunked coding
+            if body.length is not None:  # sent instead of the chunked coding
                 headers.append((b"content-length", str(body.length).encode("ascii")))
             content = body
-        outgoing = self._http.build_request(request.method, url, headers=headers, content=content)
+        query = request.query_string
+        target = self._base_path + (rest or b"/") + (b"?" + query if query else b"")
         try:
-            response = await self._http.send(outgoing, stream=True)
-        except httpx.TimeoutException:
+            if self._pool is not None and is_plain_target(target):
+                if self.preserve_host and request.header(b"host") is None:
+                    headers.insert(0, (b"host", self._target_host))
+                method = request.method.encode("ascii")
+                response: _OriginResponse = await self._pool.request(
+                    method, target, headers, content, timeout=self.timeout
+                )
+            else:
+                url = self.target + (_latin1(rest) or "/") + (f"?{_latin1(query)}" if query else "")
+                http = self._httpx()
+                outgoing = http.build_request(request.method, url, headers=headers, content=content)
+                response = _HttpxResponse(await http.send(outgoing, stream=True))
+        except _TIMEOUTS:
             await responder.send(self._timed_out())
             return
-        except httpx.TransportError as exc:
+        except _FAILURES as exc:
             logger.warning("cannot reach %s: %s", self.target, describe_transport_error(exc))
             await responder.send(self._unreachable())
             return
         try:
             await self._relay(request, response, responder)
-        except httpx.TimeoutException:
+        except _TIMEOUTS:
             if responder.started:
                 raise
             await responder.send(self._timed_out())
-        except httpx.TransportError as exc:
+        except _FAILURES as exc:
             if responder.started:
                 raise
             logger.warning(
@@ -576,24 +665,24 @@ class ForwardHandler(Handler):
             await response.aclose()
 
     async def _relay(
-        self, request: EmbeddedRequest, response: httpx.Response, responder: Responder
+        self, request: EmbeddedRequest, response: _OriginResponse, responder: Responder
     ) -> None:
-        reason = bytes(response.extensions.get("reason_phrase", b""))
-        headers = list(response.headers.raw)
-        declared = response.headers.get("content-length", "")
+        declared = response.header(b"content-length") or b""
         threshold = responder.stream_threshold
         stream = (
             responder.streaming
             and threshold is not None
-            and has_body(request.method, response.status_code)
+            and has_body(request.method, response.status)
             and not (declared.isdigit() and int(declared) <= threshold)
         )
         if not stream:
-            data = b"".join([chunk async for chunk in response.aiter_raw()])
-            await responder.send(AppResponse(response.status_code, headers, data, reason))
+            data = await response.read_all()
+            await responder.send(
+                AppResponse(response.status, response.headers, data, response.reason)
+            )
             return
-        await responder.start(response.status_code, headers, reason)
-        async for chunk in response.aiter_raw(_FORWARD_CHUNK):
+        await responder.start(response.status, response.headers, response.reason)
+        while chunk := await response.read():
             await responder.write(chunk)
         await responder.end()
 

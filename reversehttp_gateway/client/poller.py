@@ -18,8 +18,6 @@ import logging
 import time
 from urllib.parse import urljoin
 
-import httpx
-
 from ..protocol.links import parse_link_header
 from .backoff import Backoff
 from .envelope import (
@@ -30,6 +28,7 @@ from .envelope import (
     parse_embedded_request,
 )
 from .errors import ClientError, RegistrationRefused
+from .gateway_http import TRANSPORT_ERRORS, GatewayAnswer, GatewayHttp
 from .handlers import Handler, PublicSite
 from .registration import Registrar, Registration, describe_transport_error
 
@@ -38,13 +37,13 @@ __all__ = ["Poller"]
 logger = logging.getLogger("reversehttp_gateway.client")
 
 REPLY_ATTEMPTS = 4
-REPLY_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+REPLY_TIMEOUT = 30.0  # reading the answer to a reply (connecting: 10 s)
 
 
-def _next_link(response: httpx.Response) -> str | None:
-    links = parse_link_header(", ".join(response.headers.get_list("link")))
+def _next_link(response: GatewayAnswer) -> str | None:
+    links = parse_link_header(", ".join(response.header_list("link")))
     next_url = links.get("next")
-    return urljoin(str(response.request.url), next_url) if next_url else None
+    return urljoin(response.url, next_url) if next_url else None
 
 
 def _error_response(status: int, message: str) -> AppResponse:
@@ -62,7 +61,7 @@ class Poller:
     def __init__(
         self,
         index: int,
-        http: httpx.AsyncClient,
+        http: GatewayHttp,
         registrar: Registrar,
         handler: Handler,
         stopping: asyncio.Event,
@@ -77,10 +76,10 @@ class Poller:
         self._handler = handler
         self._stopping = stopping
         self._first = first
-        self._poll_timeout = httpx.Timeout(poll_timeout, connect=10.0)
+        self._poll_timeout = poll_timeout
         self._backoff = backoff or Backoff()
         self._site: PublicSite | None = None
-        self._waiting: asyncio.Future[httpx.Response] | None = None
+        self._waiting: asyncio.Future[GatewayAnswer] | None = None
         self._aborted = False
         self.relayed = 0
 
@@ -96,12 +95,12 @@ class Poller:
                 continue
             try:
                 response = await self._get(url)
-            except httpx.TransportError as exc:
+            except TRANSPORT_ERRORS as exc:
                 await self._failed(f"polling failed: {describe_transport_error(exc)}")
                 continue
             if response is None:  # aborted by stop()
                 return
-            status = response.status_code
+            status = response.status
             if status in (200, 204):
                 self._recovered()
                 next_url = _next_link(response)
@@ -129,7 +128,7 @@ class Poller:
                     await self._sleep(delay)
                 url = None
             else:
-                await self._failed(f"poll answered {status} {response.reason_phrase}")
+                await self._failed(f"poll answered {status} {response.reason}")
 
     def abort_wait(self) -> None:
         """Cancel a GET that is waiting for a request (used when the gateway is unreachable)."""
@@ -154,7 +153,7 @@ class Poller:
             return self._adopt(registration)
         return None
 
-    async def _get(self, url: str) -> httpx.Response | None:
+    async def _get(self, url: str) -> GatewayAnswer | None:
         self._aborted = False
         self._waiting = asyncio.ensure_future(
             self._http.get(url, headers={"Accept": "message/http"}, timeout=self._poll_timeout)
@@ -190,12 +189,12 @@ class Poller:
 
     # Serving ----------------------------------------------------------------------------------
 
-    async def _serve(self, url: str, delivered: httpx.Response) -> None:
+    async def _serve(self, url: str, delivered: GatewayAnswer) -> None:
         started = time.monotonic()
         method, path = "-", "-"
         try:
             request = parse_embedded_request(
-                delivered.content, requesting_client=delivered.headers.get("requesting-client")
+                delivered.content, requesting_client=delivered.header("requesting-client")
             )
         except InvalidEmbeddedRequest as exc:
             logger.warning("poller %d: bad embedded request (%s); answering 400", self.index, exc)
@@ -242,7 +241,7 @@ class Poller:
                     headers={"Content-Type": "message/http"},
                     timeout=REPLY_TIMEOUT,
                 )
-            except httpx.TransportError as exc:
+            except TRANSPORT_ERRORS as exc:
                 if last:
                     logger.warning(
                         "poller %d: could not send the reply to %s %s: %s",
@@ -256,16 +255,16 @@ class Poller:
                 continue
             if response.is_success:
                 return
-            if response.status_code >= 500 and not last:
+            if response.status >= 500 and not last:
                 await asyncio.sleep(backoff.next_delay())
                 continue
-            if response.status_code == 404 and attempt:
+            if response.status == 404 and attempt:
                 return  # an earlier attempt got through; only its answer was lost
             logger.warning(
                 "poller %d: the gateway refused the reply to %s %s: %s",
                 self.index,
                 method,
                 path,
-                response.text.strip() or response.status_code,
+                response.text.strip() or response.status,
             )
             return

@@ -191,6 +191,13 @@ class PtthWorker(ConnectionWorker):
         super().__init__(*args, **kwargs)
         self.host, self.port, self.tls = address
         self._writer: asyncio.StreamWriter | None = None
+        self._idle = False  # waiting for the gateway's next request
+
+    def abort_wait(self) -> None:
+        """Stop for good: an idle socket is closed at once, a busy one after its exchange."""
+        super().abort_wait()
+        if self._idle and self._writer is not None:
+            self._writer.close()  # the waiting read ends (without a task per read to race it)
 
     @property
     def socket(self) -> socket.socket | None:
@@ -320,19 +327,16 @@ class PtthWorker(ConnectionWorker):
                 return await reader.read(READ_SIZE)
             except (ConnectionError, OSError) as exc:
                 raise _SocketGone(str(exc)) from exc
-        read = asyncio.ensure_future(reader.read(READ_SIZE))
-        abort = asyncio.ensure_future(self._abort.wait())
-        try:
-            await asyncio.wait({read, abort}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            abort.cancel()
-        if not read.done():
-            read.cancel()
+        if self._abort.is_set():
             return None
+        self._idle = True  # abort_wait() closes the socket to end this read
         try:
-            return read.result()
+            data = await reader.read(READ_SIZE)
         except (ConnectionError, OSError):
-            return b""
+            data = b""
+        finally:
+            self._idle = False
+        return None if not data and self._abort.is_set() else data
 
     async def _next_event(
         self, conn: h11.Connection, reader: asyncio.StreamReader, *, idle: bool = False

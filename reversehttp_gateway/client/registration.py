@@ -18,6 +18,7 @@ import httpx
 
 from ..protocol.links import parse_link_header
 from .errors import ClientError, GatewayUnreachable, ProtocolViolation, RegistrationRefused
+from .http1_client import Http1Error
 
 __all__ = ["Registrar", "Registration", "delete_registration", "normalize_service_url"]
 
@@ -40,7 +41,7 @@ def normalize_service_url(gateway: str) -> str:
     return gateway
 
 
-def describe_transport_error(exc: httpx.TransportError) -> str:
+def describe_transport_error(exc: httpx.TransportError | Http1Error) -> str:
     """A short description of a network failure, from the OS error behind it when there is one.
 
     anyio reports refused connections as "All connection attempts failed"; the
