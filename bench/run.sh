@@ -3,7 +3,7 @@
 #
 #   bash bench/run.sh [--rounds N] [--duration S] [--quick] [--transports "longpoll websocket ptth"]
 #                     [--own-redis] [--broker redis|memory] [--no-install] [--no-nginx-origin]
-#                     [--hold SECONDS]
+#                     [--hold SECONDS] [--server daphne|uvicorn]
 #                     [-- EXTRA compare.py ARGS]
 #
 # Installs what is missing (Debian wrk, nginx-light, libnginx-mod-http-echo via apt-get;
@@ -11,7 +11,8 @@
 #
 #   :18201  Python origin (bench/origin.py, uvicorn)     :18202  nginx origin (refs_nginx.sh)
 #   :18203  nginx proxy_pass -> :18201                   :18204  nginx proxy_pass -> :18202
-#   :18250  the gateway (manage.py rungateway, Daphne; Redis broker, fresh SQLite DB in a temp
+#   :18250  the gateway (manage.py rungateway --server daphne|uvicorn, default daphne; Redis
+#           broker, fresh SQLite DB in a temp
 #           dir, vhost mode with VHOST_DOMAIN=gw.test:18250)     :18251  its PTTH listener
 #   :18259  a private redis-server, only if none answers on 127.0.0.1:6379 (or with --own-redis)
 #   one `reversehttp expose http://127.0.0.1:18201 --pollers 8` client per transport:
@@ -25,6 +26,8 @@
 # the Redis round trips; Redis is then neither started nor counted).
 # --hold SECONDS: start everything, print the targets, keep them up that long (for profiling,
 # e.g. py-spy against the printed PIDs), then stop; nothing is measured.
+# --server uvicorn: the gateway serves with uvicorn (rungateway --server uvicorn; needs the
+# [uvicorn] extra in the gateway's venv) instead of Daphne.
 # Not part of the CI test run.
 set -euo pipefail
 
@@ -53,6 +56,7 @@ BROKER=redis
 INSTALL=1
 NGINX_ORIGIN=1
 HOLD=""
+SERVER=daphne
 EXTRA=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -65,6 +69,7 @@ while [ $# -gt 0 ]; do
     --no-install) INSTALL=""; shift ;;
     --no-nginx-origin) NGINX_ORIGIN=""; shift ;;
     --hold) HOLD=$2; shift 2 ;;
+    --server) SERVER=$2; shift 2 ;;
     --) shift; EXTRA=("$@"); break ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -72,6 +77,8 @@ while [ $# -gt 0 ]; do
 done
 
 log() { printf '[run.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+case $SERVER in daphne|uvicorn) ;; *) echo "--server daphne|uvicorn" >&2; exit 2 ;; esac
 
 # ------------------------------------------------------------------ install what is missing
 need_apt=()
@@ -103,6 +110,11 @@ if [ ! -x "$GW_PY" ]; then
   [ -n "$INSTALL" ] || { echo "$GW_PY missing" >&2; exit 1; }
   log "creating the project venv $ROOT/.venv"
   python3 -m venv "$ROOT/.venv" && "$ROOT/.venv/bin/pip" install -q -e "$ROOT"
+fi
+if [ "$SERVER" = uvicorn ] && ! "$GW_PY" -c 'import uvicorn' 2>/dev/null; then
+  [ -n "$INSTALL" ] || { echo "uvicorn missing in $GW_PY's venv (the [uvicorn] extra)" >&2; exit 1; }
+  log "pip install -e .[uvicorn] into $(dirname "$GW_BIN")"
+  "$GW_PY" -m pip install -q -e "$ROOT[uvicorn]"
 fi
 
 # ------------------------------------------------------------------ ports must be free
@@ -200,10 +212,10 @@ export PYTHONUNBUFFERED=1
 (cd "$ROOT" && "$GW_PY" manage.py migrate --noinput -v0) >"$TMP/migrate.log" 2>&1 ||
   { cat "$TMP/migrate.log" >&2; exit 1; }
 start_bg gateway "$TMP/gateway.log" \
-  bash -c "cd '$ROOT' && exec '$GW_PY' manage.py rungateway 127.0.0.1:$GW_PORT --no-static --ptth 127.0.0.1:$PTTH_PORT"
+  bash -c "cd '$ROOT' && exec '$GW_PY' manage.py rungateway 127.0.0.1:$GW_PORT --no-static --ptth 127.0.0.1:$PTTH_PORT --server $SERVER"
 GW_PID=$LAST_PID
 wait_port "$GW_PORT" "$GW_PID" gateway 60
-log "gateway pid $GW_PID on :$GW_PORT (PTTH :$PTTH_PORT), log $LOGS/gateway.log"
+log "gateway ($SERVER) pid $GW_PID on :$GW_PORT (PTTH :$PTTH_PORT), log $LOGS/gateway.log"
 
 # ------------------------------------------------------------------ origins and nginx
 start_bg origin "$TMP/origin.log" "$BENCH_VENV/bin/python" "$HERE/origin.py" --port "$PY_ORIGIN_PORT"
@@ -287,9 +299,9 @@ python3 "$HERE/compare.py" "${TARGETS[@]}" --rounds "$ROUNDS" --duration "$DURAT
   echo "Command: \`bash bench/run.sh $ARGS_GIVEN\` ($ROUNDS round(s), ${DURATION}s per wrk run);"
   echo "transports:$ROWS."
   if [ "$BROKER" = redis ]; then
-    echo "Gateway: rungateway (Daphne), Redis broker ($REDIS_URL, pid $REDIS_PID), vhost mode,"
+    echo "Gateway: rungateway --server $SERVER, Redis broker ($REDIS_URL, pid $REDIS_PID), vhost mode,"
   else
-    echo "Gateway: rungateway (Daphne), **memory broker** (diagnostic run, no Redis), vhost mode,"
+    echo "Gateway: rungateway --server $SERVER, **memory broker** (diagnostic run, no Redis), vhost mode,"
   fi
   echo "tunnel clients: \`reversehttp expose http://127.0.0.1:$PY_ORIGIN_PORT --pollers $POLLERS\`."
   echo "Relay CPU and RSS of gw-* rows = gateway + Redis (if used) + that transport's client."

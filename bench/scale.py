@@ -11,7 +11,8 @@
    (POST); report how much the gateway's peak RSS (VmHWM) grew during each (target: at most
    50 MiB), each on a fresh gateway process, after a 1 MiB warm-up.
 
-Each part runs for each ``--brokers`` entry (redis, memory). The gateway runs with its defaults
+Each part runs for each ``--brokers`` entry (redis, memory), on ``rungateway --server``
+``--server`` (daphne, the default, or uvicorn). The gateway runs with its defaults
 except: a fresh SQLite database in a temp dir, ``REGISTRATIONS_PER_MINUTE=0`` (10,000 names
 come from one IP), ``POLL_TIMEOUT=600`` (so that polls wait for the whole measurement) and a
 1-hour lease. Everything listens on 127.0.0.1 (gateway :18280, private Redis :18289 only if
@@ -19,6 +20,7 @@ none answers on :6379); processes are stopped by PID; every wait is bounded.
 
     .venv/bin/python bench/scale.py                       # both parts, both brokers
     .venv/bin/python bench/scale.py --names 2000 --pollers 200 --brokers memory --skip-body
+    .venv/bin/python bench/scale.py --skip-pollers --brokers redis --server uvicorn
 
 Writes var/bench/scale-<stamp>.json and .md.
 """
@@ -138,8 +140,11 @@ class Redis:
 class Gateway:
     """One ``manage.py rungateway`` on 127.0.0.1:GW_PORT with a fresh database."""
 
-    def __init__(self, tmp: Path, template: Path, broker: str, redis_url: str, tag: str) -> None:
+    def __init__(
+        self, tmp: Path, template: Path, broker: str, redis_url: str, tag: str, server: str
+    ) -> None:
         self.tmp = tmp
+        self.server = server
         db = tmp / f"{tag}.sqlite3"
         shutil.copy(template, db)
         self.prefix = f"rhscale{os.getpid()}{tag}"
@@ -165,7 +170,15 @@ class Gateway:
             sys.exit(f"port {GW_PORT} is in use")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "rungateway", f"127.0.0.1:{GW_PORT}", "--no-static"],
+                [
+                    sys.executable,
+                    "manage.py",
+                    "rungateway",
+                    f"127.0.0.1:{GW_PORT}",
+                    "--no-static",
+                    "--server",
+                    self.server,
+                ],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -387,7 +400,7 @@ async def big_body(gw: Gateway, mib: int, direction: str) -> dict:
 def markdown(res: dict) -> str:
     m = lambda b: "%.1f" % (b / MIB)  # noqa: E731
     lines = [
-        f"### bench/scale.py, {res['stamp']} (UTC)",
+        f"### bench/scale.py, {res['stamp']} (UTC), rungateway --server {res['args']['server']}",
         "",
         f"Command: `{res['command']}`",
         "",
@@ -475,7 +488,7 @@ async def main_async(a: argparse.Namespace, tmp: Path, redis: Redis) -> dict:
     for broker in a.brokers.split(","):
         if not a.skip_pollers:
             print(f"[{broker}] {a.names} names, {a.pollers} pollers", flush=True)
-            gw = Gateway(tmp, template, broker, redis.url, f"np-{broker}").start()
+            gw = Gateway(tmp, template, broker, redis.url, f"np-{broker}", a.server).start()
             try:
                 res["names_pollers"][broker] = await asyncio.wait_for(
                     names_and_pollers(gw, a.names, a.pollers, deadline_all),
@@ -491,7 +504,8 @@ async def main_async(a: argparse.Namespace, tmp: Path, redis: Redis) -> dict:
             res["big_body"][broker] = []
             for direction in ("response", "echo"):
                 print(f"[{broker}] {a.body_mib} MiB {direction} over WebSocket", flush=True)
-                gw = Gateway(tmp, template, broker, redis.url, f"big-{broker}-{direction}").start()
+                tag = f"big-{broker}-{direction}"
+                gw = Gateway(tmp, template, broker, redis.url, tag, a.server).start()
                 try:
                     r = await asyncio.wait_for(
                         big_body(gw, a.body_mib, direction),
@@ -520,6 +534,7 @@ def main() -> None:
     ap.add_argument("--names", type=int, default=10_000)
     ap.add_argument("--pollers", type=int, default=1_000)
     ap.add_argument("--brokers", default="redis,memory")
+    ap.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
     ap.add_argument("--body-mib", type=int, default=100)
     ap.add_argument("--skip-pollers", action="store_true")
     ap.add_argument("--skip-body", action="store_true")

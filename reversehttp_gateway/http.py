@@ -75,12 +75,21 @@ def abort_response(send: Send) -> None:
     incomplete (a streamed body whose source broke off).
 
     Under Daphne ``send`` is bound to the request's Twisted protocol and the connection is
-    aborted directly; under other servers ResponseAborted is raised, which makes them close it.
+    aborted directly; under uvicorn ``send`` is a method of the request's cycle, whose asyncio
+    transport is aborted and which is marked disconnected (later sends are dropped, and uvicorn
+    logs no error for the unfinished response). Under other servers ResponseAborted is raised,
+    which makes them close the connection.
     """
     protocol = send.args[0] if isinstance(send, functools.partial) and send.args else None
     transport = getattr(getattr(protocol, "channel", None), "transport", None)
     if transport is not None and hasattr(transport, "abortConnection"):
         transport.abortConnection()
+        return
+    cycle = getattr(send, "__self__", None)  # uvicorn: RequestResponseCycle.send
+    transport = getattr(cycle, "transport", None)
+    if transport is not None and hasattr(transport, "abort") and hasattr(cycle, "disconnected"):
+        transport.abort()
+        cycle.disconnected = True
         return
     raise ResponseAborted
 

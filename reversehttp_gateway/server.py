@@ -1,8 +1,12 @@
-"""``GatewayServer``: Daphne serving the gateway, with startup and graceful shutdown.
+"""Serving the gateway: startup and graceful shutdown shared by both servers, and Daphne.
 
-On SIGTERM or SIGINT the gateway stops taking public requests (503 with ``Retry-After`` and
+``ServingBase`` holds what every server of ``rungateway`` does the same way: bind the PTTH
+listener before serving, start the runtime once the server is ready, and on SIGTERM or SIGINT
+drain. Draining stops taking public requests (503 with ``Retry-After`` and
 ``Connection: close``, so a load balancer fails over), keeps serving polls and replies so that
-in-flight requests finish, then exits once none is left or ``SHUTDOWN_TIMEOUT`` has passed.
+in-flight requests finish, then stops once none is left or ``SHUTDOWN_TIMEOUT`` has passed; a
+second signal stops at once. ``GatewayServer`` is Daphne (the default);
+``uvicorn_server.UvicornGatewayServer`` is uvicorn (``rungateway --server uvicorn``).
 """
 
 from __future__ import annotations
@@ -46,8 +50,15 @@ def _set_nodelay_on_accept(factory: Any) -> None:
     factory.buildProtocol = build_with_nodelay
 
 
-class GatewayServer:
-    """Runs ``application`` under Daphne on ``host``:``port`` until stopped."""
+
+class ServingBase:
+    """Startup, PTTH listener and graceful drain, whatever ASGI server runs ``application``.
+
+    Subclasses implement ``run()`` (bind, call ``_bind_ptth()``, install ``_on_signal`` and
+    serve; call ``_startup()`` on the serving loop once listening) and ``_stop_now()``.
+    """
+
+    server_name = "ASGI"
 
     def __init__(
         self,
@@ -66,6 +77,65 @@ class GatewayServer:
         # "[host:]port" of the PTTH listener; None: the PTTH_LISTEN setting (None: no listener).
         self.ptth_listen = ptth_listen
         self.ptth: PtthListener | None = None
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def _stop_now(self) -> None:
+        """Stop serving at once (ends ``run()``); called on the serving loop."""
+        raise NotImplementedError
+
+    def _bind_ptth(self) -> None:
+        """Bind the PTTH port now, so that a conflict stops rungateway at once (PT-11)."""
+        listen = self.ptth_listen or gateway_settings.PTTH_LISTEN
+        if listen:
+            from .transports.ptth import PtthListener
+
+            self.ptth = PtthListener.from_address(listen)
+
+    async def _startup(self) -> None:
+        broker = await runtime.ensure_started()
+        if self.ptth is not None:
+            await self.ptth.start(broker)
+        logger.info(
+            "Gateway listening on %s:%s (%s), service URL %s, %s broker",
+            self.host,
+            self.port,
+            self.server_name,
+            gateway_settings.SERVICE_URL,
+            gateway_settings.BROKER,
+        )
+
+    def _begin_shutdown(self) -> None:
+        """First signal: drain; a second one stops now. Runs on the serving loop."""
+        if self._shutdown_started is not None:
+            logger.info("Second signal: stopping now")
+            self._stop_now()
+            return
+        logger.info(
+            "Shutting down: refusing new public requests, finishing %d in flight", runtime.in_flight
+        )
+        runtime.draining = True
+        self._shutdown_started = time.monotonic()
+        asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        deadline = (self._shutdown_started or time.monotonic()) + gateway_settings.SHUTDOWN_TIMEOUT
+        while runtime.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if runtime.in_flight:
+            logger.warning("Shutdown timeout: %d requests still in flight", runtime.in_flight)
+        if self.ptth is not None:
+            await self.ptth.close()
+        await runtime.stop()
+        logger.info("Gateway stopped")
+        self._stop_now()
+
+
+class GatewayServer(ServingBase):
+    """Runs ``application`` under Daphne on ``host``:``port`` until stopped."""
+
+    server_name = "Daphne"
 
     def run(self) -> None:
         from daphne.endpoints import build_endpoint_description_strings
@@ -92,14 +162,6 @@ class GatewayServer:
         self._bind_ptth()
         self.daphne.run()
 
-    def _bind_ptth(self) -> None:
-        """Bind the PTTH port now, so that a conflict stops rungateway at once (PT-11)."""
-        listen = self.ptth_listen or gateway_settings.PTTH_LISTEN
-        if listen:
-            from .transports.ptth import PtthListener
-
-            self.ptth = PtthListener.from_address(listen)
-
     def _ready(self) -> None:
         # Slowloris: idle limit while a request head or body arrives, and between keep-alive
         # requests. Twisted suspends it while a request is being answered, so polls and
@@ -108,41 +170,8 @@ class GatewayServer:
         _set_nodelay_on_accept(self.daphne.http_factory)
         asyncio.ensure_future(self._startup())
 
-    async def _startup(self) -> None:
-        broker = await runtime.ensure_started()
-        if self.ptth is not None:
-            await self.ptth.start(broker)
-        logger.info(
-            "Gateway listening on %s:%s, service URL %s, %s broker",
-            self.host,
-            self.port,
-            gateway_settings.SERVICE_URL,
-            gateway_settings.BROKER,
-        )
-
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self._begin_shutdown)
 
-    def _begin_shutdown(self) -> None:
-        if self._shutdown_started is not None:
-            logger.info("Second signal: stopping now")
-            self.reactor.stop()
-            return
-        logger.info(
-            "Shutting down: refusing new public requests, finishing %d in flight", runtime.in_flight
-        )
-        runtime.draining = True
-        self._shutdown_started = time.monotonic()
-        asyncio.ensure_future(self._drain())
-
-    async def _drain(self) -> None:
-        deadline = (self._shutdown_started or time.monotonic()) + gateway_settings.SHUTDOWN_TIMEOUT
-        while runtime.in_flight > 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if runtime.in_flight:
-            logger.warning("Shutdown timeout: %d requests still in flight", runtime.in_flight)
-        if self.ptth is not None:
-            await self.ptth.close()
-        await runtime.stop()
-        logger.info("Gateway stopped")
+    def _stop_now(self) -> None:
         self.reactor.stop()

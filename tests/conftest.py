@@ -47,11 +47,19 @@ GatewayFactory = Callable[..., Gateway]
 def _factory(tmp: Path, template: Path, redis_url: str) -> tuple[GatewayFactory, list[Gateway]]:
     started: list[Gateway] = []
 
-    def start(broker: str = "redis", *, prefix: str | None = None, **settings: str) -> Gateway:
+    def start(
+        broker: str = "redis",
+        *,
+        prefix: str | None = None,
+        server: str | None = None,
+        **settings: str,
+    ) -> Gateway:
         merged = {**FAST, "BROKER": broker, "REDIS_URL": redis_url, **settings}
         merged.setdefault("REDIS_PREFIX", prefix or f"t{uuid.uuid4().hex[:12]}")
         db_path = merged.pop("DB_PATH", None)
-        gateway = make_gateway(tmp, template, db_path=Path(db_path) if db_path else None, **merged)
+        gateway = make_gateway(
+            tmp, template, db_path=Path(db_path) if db_path else None, server=server, **merged
+        )
         started.append(gateway.start())
         return gateway
 
@@ -60,7 +68,8 @@ def _factory(tmp: Path, template: Path, redis_url: str) -> tuple[GatewayFactory,
 
 @pytest.fixture
 def start_gateway(tmp_path: Path, db_template: Path, redis_url: str) -> Iterator[GatewayFactory]:
-    """Factory: ``start_gateway(broker, **settings)`` starts a gateway, stopped after the test."""
+    """Factory: ``start_gateway(broker, server=None, **settings)`` starts a gateway, stopped
+    after the test (``server``: ``rungateway --server``, default ``RHGW_TEST_SERVER``/daphne)."""
     start, started = _factory(tmp_path, db_template, redis_url)
     yield start
     for gateway in started:

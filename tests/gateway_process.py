@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The ASGI server of every gateway the tests start, unless one asks for another:
+# RHGW_TEST_SERVER=uvicorn runs the live tests under ``rungateway --server uvicorn``.
+DEFAULT_SERVER = os.environ.get("RHGW_TEST_SERVER", "daphne")
 
 
 def free_port() -> int:
@@ -62,6 +65,7 @@ class Gateway:
     log_path: Path
     process: subprocess.Popen | None = None
     settings: dict[str, str] = field(default_factory=dict)
+    server: str = DEFAULT_SERVER  # rungateway --server: daphne or uvicorn
 
     @property
     def url(self) -> str:
@@ -74,7 +78,15 @@ class Gateway:
     def start(self) -> Gateway:
         log = open(self.log_path, "ab")  # noqa: SIM115 (closed with the process)
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "rungateway", f"127.0.0.1:{self.port}", "--no-static"],
+            [
+                sys.executable,
+                "manage.py",
+                "rungateway",
+                f"127.0.0.1:{self.port}",
+                "--no-static",
+                "--server",
+                self.server,
+            ],
             cwd=ROOT,
             env=self.env,
             stdout=log,
@@ -100,9 +112,17 @@ class Gateway:
 
 
 def make_gateway(
-    tmp: Path, template: Path, *, db_path: Path | None = None, **settings: str
+    tmp: Path,
+    template: Path,
+    *,
+    db_path: Path | None = None,
+    server: str | None = None,
+    **settings: str,
 ) -> Gateway:
-    """A gateway (not yet started) whose issued URLs point at its own loopback port."""
+    """A gateway (not yet started) whose issued URLs point at its own loopback port.
+
+    ``server``: ``rungateway --server`` (default ``RHGW_TEST_SERVER`` or daphne).
+    """
     port = free_port()
     if db_path is None:
         db_path = tmp / f"gateway-{port}.sqlite3"
@@ -115,4 +135,11 @@ def make_gateway(
         "PYTHONUNBUFFERED": "1",
     }
     env.update({f"RHGW_{name}": str(value) for name, value in settings.items()})
-    return Gateway(port, db_path, env, tmp / f"gateway-{port}.log", settings=settings)
+    return Gateway(
+        port,
+        db_path,
+        env,
+        tmp / f"gateway-{port}.log",
+        settings=settings,
+        server=server or DEFAULT_SERVER,
+    )

@@ -1,4 +1,4 @@
-"""``manage.py rungateway [addr:port]``: serve the gateway (Daphne) until SIGTERM."""
+"""``manage.py rungateway [addr:port] [--server daphne|uvicorn]``: serve the gateway."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.module_loading import import_string
 
-from ...server import GatewayServer
+from ...server import GatewayServer, ServingBase
 
+SERVERS = ("daphne", "uvicorn")
 ADDRPORT = re.compile(r"^(?:(?P<host>\[[0-9a-fA-F:.]+\]|[\w.-]+):)?(?P<port>\d+)$")
 
 
 class Command(BaseCommand):
-    help = "Serve the Reverse HTTP gateway and the site with Daphne."
-    server_class = GatewayServer
+    help = "Serve the Reverse HTTP gateway and the site with Daphne (default) or uvicorn."
+    server_class: type[ServingBase] | None = None  # overrides --server when set (tests, embedding)
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument(
@@ -31,6 +32,13 @@ class Command(BaseCommand):
             default=None,
             help="Also accept PTTH upgrades (Upgrade: PTTH/1.0) on this address "
             "(overrides the PTTH_LISTEN setting; the host defaults to 127.0.0.1).",
+        )
+        parser.add_argument(
+            "--server",
+            choices=SERVERS,
+            default="daphne",
+            help="ASGI server for the public listener: daphne (default) or uvicorn "
+            "(needs the [uvicorn] extra: uvicorn[standard]; streams request bodies).",
         )
         parser.add_argument(
             "--no-static",
@@ -51,6 +59,7 @@ class Command(BaseCommand):
                 parse_listen(options["ptth"])
             except ValueError as exc:
                 raise CommandError(f"--ptth: {exc}") from None
+        server_class = self.server_class or self._server_class(options["server"])
         self.check(display_num_errors=True)
         self.check_migrations()
         application = import_string(settings.ASGI_APPLICATION)
@@ -58,7 +67,22 @@ class Command(BaseCommand):
             from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
             application = ASGIStaticFilesHandler(application)
-        self.stdout.write(f"Starting gateway on http://{host}:{port}/ (Ctrl-C or SIGTERM stops)")
-        self.server_class(
+        self.stdout.write(
+            f"Starting gateway on http://{host}:{port}/ with {server_class.server_name} "
+            "(Ctrl-C or SIGTERM stops)"
+        )
+        server_class(
             application, host, port, verbosity=options["verbosity"], ptth_listen=options["ptth"]
         ).run()
+
+    @staticmethod
+    def _server_class(name: str) -> type[ServingBase]:
+        if name == "uvicorn":
+            try:
+                from ...uvicorn_server import UvicornGatewayServer
+            except ImportError as exc:
+                raise CommandError(
+                    f"--server uvicorn: {exc}; install reversehttp-gateway[uvicorn]"
+                ) from None
+            return UvicornGatewayServer
+        return GatewayServer

@@ -1,0 +1,339 @@
+"""``UvicornGatewayServer``: uvicorn serving the gateway (``rungateway --server uvicorn``).
+
+The same application, PTTH listener, startup and graceful drain as ``server.GatewayServer``
+(shared in ``server.ServingBase``); what Twisted gave Daphne is added here on uvicorn's HTTP
+protocol (httptools, or h11 when httptools is missing; uvloop when installed):
+
+- ``TCP_NODELAY`` on every accepted socket (asyncio and uvloop set it too; set again, cheaply);
+- the ``IDLE_TIMEOUT`` slowloris limit, with Twisted's rule: it runs while a request head or
+  body is being received and between keep-alive requests (uvicorn's ``timeout_keep_alive``),
+  never while a request is being answered; while uvicorn has paused reading because the
+  application has not taken the body yet (back-pressure), the client is not idle;
+- a limit on the request head (httptools has none; h11 bounds the incomplete head it buffers);
+- response header names spelled as Twisted spells them (``Link``, ``Content-Type``, ``ETag``):
+  uvicorn writes them in lower case, and some ReverseHttp clients match ``Link`` exactly.
+
+Unlike Daphne, uvicorn hands request bodies to the application as they arrive, reading at most
+64 KiB ahead of it, so a large upload streams through with bounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http import h11_impl
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .conf import gateway_settings
+from .server import ServingBase
+
+try:
+    from uvicorn.protocols.http import httptools_impl
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # uvicorn without the [standard] extra
+    httptools_impl = None  # type: ignore[assignment]
+    HttpToolsProtocol = None  # type: ignore[assignment,misc]
+
+logger = logging.getLogger(__name__)
+
+
+def head_limit() -> int:
+    """Most bytes of request line and headers accepted (at least 64 KiB, like a proxy's)."""
+    return max(64 * 1024, gateway_settings.MAX_HEADER_BYTES + 8 * 1024)
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+# Twisted's unconventional spellings (twisted.web.http_headers._NameEncoder._caseMappings).
+_CASE_MAPPINGS = {
+    b"Content-Md5": b"Content-MD5",
+    b"Dnt": b"DNT",
+    b"Etag": b"ETag",
+    b"P3p": b"P3P",
+    b"Te": b"TE",
+    b"Www-Authenticate": b"WWW-Authenticate",
+    b"X-Xss-Protection": b"X-XSS-Protection",
+}
+_canonical: dict[bytes, bytes] = {}
+
+
+def canonical_name(name: bytes) -> bytes:
+    """A header name in Twisted's (so Daphne's) capitalisation: ``content-type`` ->
+    ``Content-Type``, ``etag`` -> ``ETag``."""
+    known = _canonical.get(name)
+    if known is None:
+        known = b"-".join([word.capitalize() for word in name.split(b"-")])
+        known = _CASE_MAPPINGS.get(known, known)
+        if len(_canonical) < 10_000:  # bounded, as Twisted's cache
+            _canonical[name] = known
+    return known
+
+
+def canonical_head(head: bytes) -> bytes:
+    """A response head (status line, header lines, blank line) with canonical header names."""
+    lines = head.split(b"\r\n")
+    for index in range(1, len(lines)):
+        name, colon, rest = lines[index].partition(b":")
+        if colon:
+            lines[index] = canonical_name(name) + colon + rest
+    return b"\r\n".join(lines)
+
+
+class _HeadWriter:
+    """Stands in for a transport while uvicorn writes a response head (one ``write``)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(canonical_head(data) if data.startswith(b"HTTP/") else data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _CanonicalHeaders:
+    """Mixed into uvicorn's request/response cycles: the head goes out through _HeadWriter."""
+
+    transport: Any
+    response_started: bool
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.response_started or message["type"] != "http.response.start":
+            await super().send(message)  # type: ignore[misc]
+            return
+        transport = self.transport
+        self.transport = _HeadWriter(transport)
+        try:
+            await super().send(message)  # type: ignore[misc]
+        finally:
+            self.transport = transport
+
+
+class _H11Cycle(_CanonicalHeaders, h11_impl.RequestResponseCycle):
+    pass
+
+
+if httptools_impl is not None:
+
+    class _HttpToolsCycle(_CanonicalHeaders, httptools_impl.RequestResponseCycle):
+        pass
+
+
+class _GatewayProtocol:
+    """Mixed into uvicorn's HTTP protocols: TCP_NODELAY, idle limit, head size limit."""
+
+    transport: asyncio.Transport
+    cycle: Any
+    flow: Any
+    loop: asyncio.AbstractEventLoop
+    _idle: asyncio.TimerHandle | None = None
+    _upgraded = False
+    _head_bytes = 0
+    _head_too_large = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_idle()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        if self._receiving():
+            self._arm_idle()
+        else:
+            self._cancel_idle()
+
+    def _canonical_cycle(self) -> None:
+        """Make the cycle uvicorn just created spell header names canonically (its ASGI task
+        has not started yet, so every ``send`` it makes is the subclass's)."""
+        cycle = self.cycle
+        if cycle is not None and not isinstance(cycle, _CanonicalHeaders):
+            for subclass in _CYCLES:
+                if type(cycle) in subclass.__bases__:
+                    cycle.__class__ = subclass
+                    return
+
+    def handle_websocket_upgrade(self, *args: Any) -> None:
+        self._upgraded = True
+        self._cancel_idle()
+        super().handle_websocket_upgrade(*args)  # type: ignore[misc]
+
+    def _receiving(self) -> bool:
+        """Whether the server waits for the client: a head, a body, or the next request."""
+        if self._upgraded or self.transport is None or self.transport.is_closing():
+            return False
+        cycle = self.cycle
+        return cycle is None or cycle.response_complete or cycle.more_body
+
+    def _arm_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._idle = self.loop.call_later(gateway_settings.IDLE_TIMEOUT, self._idle_expired)
+
+    def _cancel_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def _idle_expired(self) -> None:
+        self._idle = None
+        if not self._receiving():
+            return
+        if self.flow is not None and self.flow.read_paused:
+            self._arm_idle()  # back-pressure: the application, not the client, is behind
+            return
+        self.transport.close()
+
+    # httptools only (h11 limits the head itself): count request line and header bytes.
+    def on_message_begin(self) -> None:
+        self._head_bytes = 0
+        super().on_message_begin()  # type: ignore[misc]
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)  # type: ignore[misc]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)  # type: ignore[misc]
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > head_limit():
+            self._head_too_large = True
+            raise _HeadTooLarge  # httptools stops parsing; uvicorn answers and closes
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._head_too_large:
+            super().send_400_response(msg)  # type: ignore[misc]
+            return
+        body = b"431 Request header fields too large"
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.transport.close()
+
+
+class GatewayH11Protocol(_GatewayProtocol, H11Protocol):
+    """uvicorn's pure-Python HTTP/1.1 protocol with the gateway's limits."""
+
+    def handle_events(self) -> None:
+        # h11 creates cycles while handling events; swap each before its task runs.
+        super().handle_events()
+        self._canonical_cycle()
+
+
+_CYCLES: list[type[_CanonicalHeaders]] = [_H11Cycle]
+
+if HttpToolsProtocol is not None:
+    _CYCLES.append(_HttpToolsCycle)
+
+    class GatewayHttpToolsProtocol(_GatewayProtocol, HttpToolsProtocol):
+        """uvicorn's httptools (llhttp) protocol with the gateway's limits."""
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            self._canonical_cycle()
+
+
+def http_protocol() -> type[asyncio.Protocol]:
+    """The fastest HTTP protocol available: httptools, else h11."""
+    if HttpToolsProtocol is not None:
+        return GatewayHttpToolsProtocol
+    return GatewayH11Protocol
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The public listening socket, bound now so that a port in use stops rungateway at once."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    return socket.create_server((host, port), family=family, backlog=2048)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server loop, with the gateway's startup and signal handling."""
+
+    def __init__(self, config: uvicorn.Config, gateway: UvicornGatewayServer) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().startup(sockets=sockets)
+        if self.started and not self.should_exit:
+            try:  # like Daphne's ready callback: a broker that cannot start yet is retried
+                await self.gateway._startup()  # by the first request (503 until then)
+            except Exception:
+                logger.exception("Gateway runtime did not start")
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # After the gateway's drain (or a second signal), HTTP connections still open (polls,
+        # a request that outlived SHUTDOWN_TIMEOUT) are closed without an answer, as Daphne's
+        # reactor.stop() drops them, rather than cancelled into 500s; their handlers see
+        # http.disconnect. WebSockets get uvicorn's close 1012 (service restart).
+        for connection in list(self.server_state.connections):
+            if isinstance(connection, _GatewayProtocol) and connection.transport is not None:
+                connection.transport.close()
+        await super().shutdown(sockets=sockets)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        if self.loop is None:  # not serving yet: uvicorn's own handling (stop)
+            super().handle_exit(sig, frame)
+        else:
+            self.loop.call_soon_threadsafe(self.gateway._begin_shutdown)
+
+
+class UvicornGatewayServer(ServingBase):
+    """Runs ``application`` under uvicorn on ``host``:``port`` until stopped."""
+
+    server_name = "uvicorn"
+
+    def config(self) -> uvicorn.Config:
+        """uvicorn settings matching what Daphne does for the gateway (docs/deployment.md)."""
+        ws_max = gateway_settings.MAX_BODY_SIZE + 65536  # a whole response in one message
+        return uvicorn.Config(
+            self.application,
+            host=self.host,
+            port=self.port,
+            http=http_protocol(),
+            ws="auto",  # websockets (a dependency): its sans-I/O implementation
+            ws_max_size=ws_max,
+            ws_per_message_deflate=False,  # as Daphne: no compression of relayed bodies
+            ws_ping_interval=20.0,
+            ws_ping_timeout=30.0,
+            lifespan="off",  # the runtime starts in _Server.startup, as under Daphne
+            log_config=None,  # Django's LOGGING stays in charge
+            access_log=False,  # the gateway writes its own access log
+            proxy_headers=False,  # as Daphne: scope["client"] is the TCP peer
+            server_header=False,  # relayed responses keep the application's headers
+            date_header=False,
+            timeout_keep_alive=gateway_settings.IDLE_TIMEOUT,  # type: ignore[arg-type]
+            timeout_graceful_shutdown=1,  # after the gateway's own drain: stop promptly
+            h11_max_incomplete_event_size=head_limit(),
+        )
+
+    def run(self) -> None:
+        sock = bind(self.host, self.port)
+        self._bind_ptth()
+        self.server = _Server(self.config(), self)
+        self.server.run(sockets=[sock])
+
+    def _stop_now(self) -> None:
+        self.server.should_exit = True
+        self.server.force_exit = True  # the drain is done: don't wait for open connections
