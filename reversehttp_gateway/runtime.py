@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -32,6 +33,18 @@ def build_broker() -> Broker:
     return MemoryBroker(
         stream_window=gateway_settings.STREAM_WINDOW, stream_timeout=gateway_settings.REPLY_TIMEOUT
     )
+
+
+def freeze_heap() -> None:
+    """Take what is alive once the gateway serves out of the cyclic garbage collector's sight.
+
+    Django, the server and the gateway's long-lived objects (about 100,000 here) are never
+    garbage, yet every full collection walks them all: ~130 ms of a busy process every few
+    thousand relayed requests, about 10 % of its CPU (docs/benchmarks.md). ``gc.freeze`` moves
+    them to a permanent generation; everything allocated later is collected as usual.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class Runtime:

@@ -398,3 +398,24 @@ async def test_short_pipeline_reply_is_400_and_all_requestors_get_502(gateway, c
     short = envelope(headers={"Content-Length": "1"}, body=b"0")
     assert (await client.post(reg.first, content=short)).status_code == 400
     assert [(await p).status_code for p in publics] == [502, 502]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["multipart/form-data; boundary=x", "application/x-www-form-urlencoded"],
+)
+async def test_form_bodies_are_relayed_as_opaque_bytes(gateway, client, content_type):
+    """RH-35: the envelope carries the body as sent, even a form body that does not parse
+    (the server in front of the gateway must not parse, reject or rewrite it)."""
+    reg = await register(client, gateway.service_url, unique_label())
+    body = b"--x\r\nnot really a part\r\n&a=%ZZ&=="
+    public = asyncio.ensure_future(
+        client.post(reg.public, content=body, headers={"Content-Type": content_type})
+    )
+    delivered = await client.get(reg.first)
+    assert delivered.status_code == 200
+    assert delivered.content.endswith(b"\r\n\r\n" + body)
+    assert b"content-type: " + content_type.encode() in delivered.content.lower()
+    await client.post(reg.first, content=envelope(headers={"Content-Length": "2"}, body=b"ok"))
+    answer = await public
+    assert (answer.status_code, answer.content) == (200, b"ok")
