@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from reversehttp_gateway.queue import redis_broker
-from reversehttp_gateway.queue.base import PublicRequest, RegistrationGone, Reply
+from reversehttp_gateway.queue.base import PublicRequest, RegistrationGone, Reply, Taken, Ticket
 from reversehttp_gateway.queue.redis_broker import RedisBroker
 
 pytestmark = pytest.mark.asyncio
@@ -60,17 +60,35 @@ async def waiting_poller(broker: RedisBroker, key: str) -> asyncio.Task:
     raise AssertionError("the poller did not start waiting")
 
 
+async def hand_over(
+    poller_side: RedisBroker,
+    requestor_side: RedisBroker,
+    key: str,
+    request: PublicRequest | None = None,
+) -> tuple[Ticket, Taken]:
+    """A poller of ``key`` in ``poller_side`` takes a request enqueued in ``requestor_side``."""
+    poller = await waiting_poller(poller_side, key)
+    ticket = await requestor_side.enqueue(key, request or public_request())
+    return ticket, await asyncio.wait_for(poller, 3)
+
+
 async def keys_of(raw: aioredis.Redis, broker: RedisBroker, kind: str) -> list[bytes]:
     return [key async for key in raw.scan_iter(broker._k(kind, "*"))]
+
+
+async def answer_here(broker: RedisBroker, slot: str, taken: Taken, body: bytes) -> None:
+    """Bind ``taken`` on ``slot`` as WebSocket and PTTH do, claim it and reply 200 ``body``."""
+    assert await broker.bind(slot, taken, 10, answered_here=True)
+    claimed = await broker.claim(slot)
+    assert claimed is not None and claimed.request_id == taken.request.request_id
+    await broker.route_reply(claimed, Reply(200, [], body))
 
 
 async def test_local_handover_answered_here_touches_no_queue_or_record(pair):
     """WebSocket/PTTH: requestor and poller in one process, reply on the poller's connection."""
     a, _, raw = pair
     await a.activate("k1", "demo")
-    poller = await waiting_poller(a, "k1")
-    ticket = await a.enqueue("k1", public_request())
-    taken = await poller
+    ticket, taken = await hand_over(a, a, "k1")
     assert taken.local and taken.request.envelope == ENVELOPE
     assert await a.bind("slot-1", taken, 10, answered_here=True)
     assert await keys_of(raw, a, "req") == [] and await keys_of(raw, a, "slot") == []
@@ -87,9 +105,7 @@ async def test_local_handover_bound_for_longpoll_can_be_answered_by_another_proc
     """RH-29, RH-47: a long-poll reply may reach any process; the record is written at bind."""
     a, b, _ = pair
     await a.activate("k2", "demo2")
-    poller = await waiting_poller(a, "k2")
-    ticket = await a.enqueue("k2", public_request())
-    taken = await poller
+    ticket, taken = await hand_over(a, a, "k2")
     assert taken.local
     assert await a.bind("slot-2", taken, 10)
     again = await b.redeliver("slot-2")  # RH-29: the same request on a repeated poll
@@ -107,9 +123,7 @@ async def test_requestor_gone_before_bind_leaves_nothing_to_claim(pair):
     a, b, raw = pair
     await a.activate("k3", "demo3")
     for answered_here, slot in ((True, "slot-3a"), (False, "slot-3b")):
-        poller = await waiting_poller(a, "k3")
-        ticket = await a.enqueue("k3", public_request())
-        taken = await poller
+        ticket, taken = await hand_over(a, a, "k3")
         assert not await a.withdraw(ticket)  # delivered already: not "never delivered"
         a.forget(ticket)  # what relay() does when its requestor leaves
         assert await a.bind(slot, taken, 10, answered_here=answered_here)
@@ -121,17 +135,12 @@ async def test_put_back_of_a_local_request_queues_it_for_every_process(pair):
     """RH-30: a poller that left before handover; the request goes to the head of the queue."""
     a, b, _ = pair
     await a.activate("k4", "demo4")
-    poller = await waiting_poller(a, "k4")
-    ticket = await a.enqueue("k4", public_request())
-    taken = await poller
+    ticket, taken = await hand_over(a, a, "k4")
     await a.put_back(taken)  # no other poller waits in a: into Redis
     taken_b = await b.take("k4", 3, asyncio.Event())
     assert taken_b is not None and not taken_b.local
     assert taken_b.request.request_id == ticket.request_id
-    assert await b.bind("slot-4", taken_b, 10, answered_here=True)
-    claimed = await b.claim("slot-4")
-    assert claimed is not None
-    await b.route_reply(claimed, Reply(200, [], b"via b"))
+    await answer_here(b, "slot-4", taken_b, b"via b")
     assert (await asyncio.wait_for(ticket.reply, 2)).body == b"via b"
 
 
@@ -139,14 +148,9 @@ async def test_requests_from_another_process_still_go_through_the_queue(pair):
     """The local handover is only for requestors held here; b's request reaches a's poller."""
     a, b, _ = pair
     await a.activate("k5", "demo5")
-    poller = await waiting_poller(a, "k5")
-    ticket = await b.enqueue("k5", public_request())
-    taken = await asyncio.wait_for(poller, 3)
+    ticket, taken = await hand_over(a, b, "k5")
     assert not taken.local
-    assert await a.bind("slot-5", taken, 10, answered_here=True)
-    claimed = await a.claim("slot-5")
-    assert claimed is not None
-    await a.route_reply(claimed, Reply(200, [], b"to b"))
+    await answer_here(a, "slot-5", taken, b"to b")
     assert (await asyncio.wait_for(ticket.reply, 2)).body == b"to b"
 
 

@@ -128,9 +128,15 @@ async def test_requestor_leaving_mid_stream_cancels_the_stream(start_gateway):
             assert await leaver > 0
 
 
-async def test_application_leaving_mid_stream_drops_the_requestor_connection(start_gateway):
-    """The requestor must not take a cut-off body for a complete one."""
-    gw = start_gateway("redis", **STREAMING)
+# Lines uvicorn logs when an application misbehaves: a dropped response must not cause them.
+UVICORN_ERRORS = ("Exception in ASGI application", "ASGI callable returned without")
+
+
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+async def test_application_leaving_mid_stream_drops_the_requestor_connection(start_gateway, server):
+    """The requestor must not take a cut-off body for a complete one (``http.abort_response``,
+    under either server; uvicorn must not log an error for it)."""
+    gw = start_gateway("redis", server=server, **STREAMING)
     async with httpx.AsyncClient(timeout=30) as client:
         reg = await register(client, gw.service_url, unique_label())
         ws = await websockets.connect(ws_url(reg.private), max_size=None)
@@ -145,3 +151,7 @@ async def test_application_leaving_mid_stream_drops_the_requestor_connection(sta
         await ws.close()
         with pytest.raises(httpx.TransportError):
             await public
+        assert (await client.post(gw.service_url, data={"name": unique_label()})).is_success
+    await asyncio.sleep(0.3)
+    assert "broke off" in gw.log()
+    assert not any(error in gw.log() for error in UVICORN_ERRORS), gw.log()[-2000:]
