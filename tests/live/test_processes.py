@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
+import time
 
 import httpx
 import pytest
@@ -82,9 +83,11 @@ async def test_no_duplicates_or_losses_with_pollers_split_across_processes(start
     assert sorted(delivered.values()) == [1] * 60
 
 
-async def test_sigterm_finishes_in_flight_requests_then_exits(start_gateway):
-    """rungateway: on SIGTERM, new public requests get 503, in-flight ones complete."""
-    gw = start_gateway("memory")
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+async def test_sigterm_finishes_in_flight_requests_then_exits(start_gateway, server):
+    """rungateway, under either server: on SIGTERM new public requests get 503 (with
+    ``Connection: close`` for load balancers), in-flight ones complete, then exit 0."""
+    gw = start_gateway("memory", server=server)
     async with httpx.AsyncClient(timeout=15) as client:
         reg = await register(client, gw.service_url, unique_label())
         in_flight = asyncio.ensure_future(client.get(reg.public + "slow"))
@@ -96,9 +99,15 @@ async def test_sigterm_finishes_in_flight_requests_then_exits(start_gateway):
         refused = await client.get(reg.public + "new")
         assert refused.status_code == 503
         assert refused.headers["Retry-After"] == "2"
+        assert refused.headers["Connection"] == "close"
         assert (await client.post(reg.first, content=envelope(body=b"finished"))).status_code == 202
         assert (await in_flight).text == "finished"
+    started = time.monotonic()
     assert await asyncio.to_thread(gw.process.wait, 10) == 0
+    assert time.monotonic() - started < 5
+    log = gw.log()
+    assert "Shutting down: refusing new public requests, finishing 1 in flight" in log
+    assert "Gateway stopped" in log
 
 
 async def test_sigkill_of_one_process_under_traffic(start_gateway):
