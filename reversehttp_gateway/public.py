@@ -9,6 +9,7 @@ Bodies over ``STREAM_THRESHOLD`` are not buffered: they flow through a broker st
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -41,6 +42,7 @@ access_log = logging.getLogger("reversehttp_gateway.access")
 logger = logging.getLogger(__name__)
 
 TOO_LARGE = "Request body too large"
+READ_AHEAD_CHUNKS = 2  # streamed reply chunks read from the broker ahead of the requestor
 
 
 class _TooLarge(Exception):
@@ -205,9 +207,31 @@ async def _read_head_of_body(receive: Receive, threshold: int) -> tuple[list[byt
 
 
 async def _pump_body(
-    broker: Broker, stream: str, first: list[bytes], receive: Receive, gone: asyncio.Event
+    broker: Broker,
+    stream: str,
+    first: list[bytes],
+    receive: Receive,
+    gone: asyncio.Event,
+    body_read: asyncio.Event,
 ) -> None:
-    """Write the rest of a streamed request body to ``stream``, then watch for disconnect."""
+    """Write the rest of a streamed request body to ``stream``, then watch for disconnect.
+
+    ``body_read`` is set once the body has been read whole (or given up on).
+    """
+    try:
+        whole = await _pump(broker, stream, first, receive, gone)
+    finally:
+        body_read.set()
+    while whole:  # like http.watch_disconnect, once the body is through
+        if (await receive())["type"] == "http.disconnect":
+            gone.set()
+            return
+
+
+async def _pump(
+    broker: Broker, stream: str, first: list[bytes], receive: Receive, gone: asyncio.Event
+) -> bool:
+    """The body part of :func:`_pump_body`; True when the whole body went to ``stream``."""
     chunk_size = gateway_settings.STREAM_CHUNK_SIZE
     limit = gateway_settings.MAX_STREAM_SIZE
     size = 0
@@ -228,20 +252,16 @@ async def _pump_body(
             if message["type"] == "http.disconnect":
                 gone.set()
                 await broker.stream_write(stream, abort="The requestor disconnected")
-                return
+                return False
             await write(message.get("body", b""))
             if not message.get("more_body", False):
                 await broker.stream_write(stream, end=True)
-                break
+                return True
     except _TooLarge:
         await broker.stream_write(stream, abort=TOO_LARGE)
-        return
+        return False
     except (TimeoutError, StreamAborted):
-        return  # nobody reads the body (the request timed out or its reader left)
-    while True:  # like http.watch_disconnect, once the body is through
-        if (await receive())["type"] == "http.disconnect":
-            gone.set()
-            return
+        return False  # nobody reads the body (the request timed out or its reader left)
 
 
 async def _relay(
@@ -315,12 +335,13 @@ async def _relay(
         body_length=None if ended else declared,
     )
     outcome.request = request
+    body_read: asyncio.Event | None = None
     if ended:
         gone, watcher = watch_disconnect(receive)
     else:
-        gone = Flag()
+        gone, body_read = Flag(), asyncio.Event()
         watcher = asyncio.ensure_future(
-            _pump_body(broker, request.body_stream, chunks, receive, gone)
+            _pump_body(broker, request.body_stream, chunks, receive, gone, body_read)
         )
     runtime.in_flight += 1
     try:
@@ -336,7 +357,9 @@ async def _relay(
             return 499
         outcome.reply = reply
         if reply.stream:
-            await _send_streamed(send, broker, reply, gone, head=method == "HEAD")
+            await _send_streamed(
+                send, broker, reply, gone, head=method == "HEAD", body_read=body_read
+            )
         else:
             await respond(send, reply.status, reply.headers, reply.body, head=method == "HEAD")
         return reply.status
@@ -349,19 +372,64 @@ async def _relay(
 
 
 async def _send_streamed(
-    send: Send, broker: Broker, reply: Reply, gone: asyncio.Event, *, head: bool
+    send: Send,
+    broker: Broker,
+    reply: Reply,
+    gone: asyncio.Event,
+    *,
+    head: bool,
+    body_read: asyncio.Event | None = None,
 ) -> None:
-    """Send a reply whose body arrives on a broker stream, chunk by chunk."""
+    """Send a reply whose body arrives on a broker stream, chunk by chunk.
+
+    A reader task takes the chunks from the broker, at most ``READ_AHEAD_CHUNKS`` ahead of the
+    requestor, except while the request's own body is still arriving (``body_read`` given and
+    not set): then it reads on into memory. Most HTTP/1.1 clients read the response only once
+    they have sent the whole body, so an application that answers while the body arrives (an
+    echo) would otherwise wait for flow-control room the requestor never makes, and the upload
+    would stall with it. (Under Daphne, which receives whole bodies first, it never happens.)
+    """
     await send({"type": "http.response.start", "status": reply.status, "headers": reply.headers})
+    chunks: collections.deque[bytes] = collections.deque()
+    arrived, room = asyncio.Event(), asyncio.Event()
+    failure: list[BaseException] = []
+
+    def reading_ahead_allowed() -> bool:
+        return len(chunks) < READ_AHEAD_CHUNKS or (body_read is not None and not body_read.is_set())
+
+    async def read() -> None:
+        try:
+            while True:
+                while not reading_ahead_allowed():
+                    room.clear()
+                    await room.wait()
+                chunk, last = await broker.stream_read(reply.stream, gateway_settings.REPLY_TIMEOUT)
+                if last:
+                    return
+                chunks.append(chunk)
+                arrived.set()
+        except (TimeoutError, StreamAborted) as exc:
+            failure.append(exc)
+        finally:
+            arrived.set()
+
+    reader = asyncio.ensure_future(read())
     try:
         while True:
-            chunk, last = await broker.stream_read(reply.stream, gateway_settings.REPLY_TIMEOUT)
-            if last:
-                break
+            if not chunks:
+                if reader.done():
+                    break
+                arrived.clear()
+                await arrived.wait()
+                continue
+            chunk = chunks.popleft()
+            room.set()
             if gone.is_set():  # the requestor left: the application is told to stop
                 raise StreamAborted("The requestor disconnected")
             if not head:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if failure:
+            raise failure[0]
     except (TimeoutError, StreamAborted) as exc:
         # The status is sent already: drop the connection, which tells the client that the
         # body is incomplete (a short chunked body would look complete).
@@ -369,4 +437,6 @@ async def _send_streamed(
         await broker.stream_discard(reply.stream)
         abort_response(send)
         return
+    finally:
+        reader.cancel()
     await send({"type": "http.response.body", "body": b"", "more_body": False})

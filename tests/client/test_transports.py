@@ -142,12 +142,15 @@ async def test_requests_are_handled_concurrently(gateway, transport):
     assert [(r.status_code, r.text) for r in responses] == [(200, "together")] * count
 
 
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
 @pytest.mark.parametrize("broker", ["memory", "redis"])
-async def test_20_mib_post_streams_both_ways_over_websocket(start_gateway, broker):
+async def test_20_mib_post_streams_both_ways_over_websocket(start_gateway, broker, server):
     """Larger than the gateway's MAX_BODY_SIZE (10 MiB) and Daphne's WebSocket message limit
     (1 MiB): only streaming in both directions, within the flow-control windows, carries it.
-    Both brokers: their streams differ (an asyncio queue, a Redis list)."""
-    gateway = start_gateway(broker, **STREAMING)
+    Both brokers: their streams differ (an asyncio queue, a Redis list). Both servers: uvicorn
+    streams the upload too, and the echo starts while it arrives, to a requestor (httpx) that
+    reads only after uploading: the gateway reads the reply ahead meanwhile, or both stall."""
+    gateway = start_gateway(broker, server=server, **STREAMING)
     app = apps.StreamingEcho()
     upload = apps.pattern(20 * MIB)
     client = client_for(gateway, "websocket", app, pollers=2)
