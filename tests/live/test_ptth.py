@@ -42,6 +42,20 @@ def ptth_port(gateway: Gateway) -> int:
     return int(gateway.settings["PTTH_LISTEN"].rsplit(":", 1)[1])
 
 
+def start_ptth_gateway(
+    broker: str, tmp: Path, db_template: Path, redis_url: str, *, server: str | None = None
+) -> Gateway:
+    """A gateway with a PTTH listener, with the FAST settings (stop it when done)."""
+    settings = {
+        **FAST,
+        "BROKER": broker,
+        "REDIS_URL": redis_url,
+        "REDIS_PREFIX": f"t{uuid.uuid4().hex[:12]}",
+        **_ptth_settings(free_port()),
+    }
+    return make_gateway(tmp, db_template, server=server, **settings).start()
+
+
 @pytest.fixture(scope="module", params=["redis", "memory"])
 def gateway(
     request: pytest.FixtureRequest,
@@ -50,14 +64,7 @@ def gateway(
     redis_url: str,
 ) -> Iterator[Gateway]:
     """One gateway with a PTTH listener per broker, with the FAST settings."""
-    settings = {
-        **FAST,
-        "BROKER": request.param,
-        "REDIS_URL": redis_url,
-        "REDIS_PREFIX": f"t{uuid.uuid4().hex[:12]}",
-        **_ptth_settings(free_port()),
-    }
-    gw = make_gateway(tmp_path_factory.mktemp("ptth"), db_template, **settings).start()
+    gw = start_ptth_gateway(request.param, tmp_path_factory.mktemp("ptth"), db_template, redis_url)
     yield gw
     gw.stop()
 

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,12 +22,11 @@ import msgpack
 import pytest
 import websockets
 
-from ..conftest import FAST
 from ..gateway_process import ROOT, Gateway, free_port, make_gateway
 from ..rh import envelope, register, unique_label
 from ..ws_streaming_app import MIB, frame, pattern, streaming_app
 from .test_limits import _idle_connection_lifetime
-from .test_ptth import TOKEN, connect_app, private_path
+from .test_ptth import TOKEN, connect_app, private_path, start_ptth_gateway
 from .test_streaming import STREAMING, peak_rss
 from .test_tcp_nodelay import _socket_of
 from .test_websocket import echo_app, ws_url
@@ -47,15 +45,8 @@ def uv_gateway(
     redis_url: str,
 ) -> Iterator[Gateway]:
     """A uvicorn gateway with a PTTH listener, per broker, with the FAST settings."""
-    settings = {
-        **FAST,
-        "BROKER": request.param,
-        "REDIS_URL": redis_url,
-        "REDIS_PREFIX": f"t{uuid.uuid4().hex[:12]}",
-        "PTTH_LISTEN": f"127.0.0.1:{free_port()}",
-    }
     tmp = tmp_path_factory.mktemp("uv")
-    gw = make_gateway(tmp, db_template, server=UVICORN, **settings).start()
+    gw = start_ptth_gateway(request.param, tmp, db_template, redis_url, server=UVICORN)
     yield gw
     gw.stop()
 
