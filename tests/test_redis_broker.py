@@ -129,6 +129,7 @@ async def test_requestor_gone_before_bind_leaves_nothing_to_claim(pair):
         assert await a.bind(slot, taken, 10, answered_here=answered_here)
         assert await (a if answered_here else b).claim(slot) is None
     assert await keys_of(raw, a, "req") == []
+    assert await raw.zcard(a._k("inflight", "k3")) == 0  # nothing counts as being answered
 
 
 async def test_put_back_of_a_local_request_queues_it_for_every_process(pair):

@@ -78,13 +78,14 @@ return 1
 
 # Bind a request handed over locally (never queued): the same, plus its hash for other
 # processes (a long-poll reply may arrive at any of them). ARGV[5]: "1" unless the requestor
-# already left, in which case the slot is bound to a request that no longer exists (RH-47).
+# already left, in which case the slot is bound to a request that no longer exists (RH-47) and
+# nothing is in flight.
 _BIND_LOCAL = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then return 0 end
-redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[4], ARGV[4])
 if ARGV[5] == '1' then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
   redis.call('HSET', KEYS[3], unpack(ARGV, 6))
   redis.call('EXPIRE', KEYS[3], ARGV[2])
 end
