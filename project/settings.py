@@ -100,6 +100,7 @@ REVERSEHTTP_GATEWAY = {
 for _name, _cast in [
     ("POLL_TIMEOUT", float),
     ("NO_APP_TIMEOUT", float),
+    ("LOCAL_QUEUE_SECONDS", float),
     ("REPLY_TIMEOUT", float),
     ("DEFAULT_LEASE", int),
     ("MIN_LEASE", int),

@@ -72,6 +72,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             and gateway_settings.MAX_BODY_SIZE > 0
             and gateway_settings.EXPIRY_INTERVAL > 0
             and gateway_settings.SHUTDOWN_TIMEOUT >= 0
+            and 0 <= gateway_settings.LOCAL_QUEUE_SECONDS < gateway_settings.NO_APP_TIMEOUT
         )
     except (TypeError, ValueError):
         timeouts_ok = False
@@ -81,7 +82,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 "Inconsistent timeouts, leases or body size in REVERSEHTTP_GATEWAY.",
                 hint="Need POLL_TIMEOUT > 0, 0 < NO_APP_TIMEOUT <= REPLY_TIMEOUT, "
                 "0 < MIN_LEASE <= DEFAULT_LEASE <= MAX_LEASE, MAX_BODY_SIZE > 0, "
-                "EXPIRY_INTERVAL > 0 and SHUTDOWN_TIMEOUT >= 0.",
+                "EXPIRY_INTERVAL > 0, SHUTDOWN_TIMEOUT >= 0 and "
+                "0 <= LOCAL_QUEUE_SECONDS < NO_APP_TIMEOUT.",
                 id="reversehttp_gateway.E005",
             )
         )

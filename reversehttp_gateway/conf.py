@@ -27,6 +27,9 @@ DEFAULTS: dict[str, Any] = {
     "POLL_TIMEOUT": 25.0,
     # T1: 504 when no application polled or worked within this time (RH-64).
     "NO_APP_TIMEOUT": 10.0,
+    # Redis broker: a request whose pollers in this process are all busy waits here this long
+    # for one of them before it goes to the shared queue (queue/backlog.py); 0: at once.
+    "LOCAL_QUEUE_SECONDS": 0.05,
     # T2: 504 when the application took the request but did not answer in time (RH-65).
     "REPLY_TIMEOUT": 60.0,
     # Lease: default when omitted, and the clamp range (RH-06).
@@ -184,6 +187,10 @@ class GatewaySettings:
     @property
     def NO_APP_TIMEOUT(self) -> float:
         return float(self._get("NO_APP_TIMEOUT"))
+
+    @property
+    def LOCAL_QUEUE_SECONDS(self) -> float:
+        return float(self._get("LOCAL_QUEUE_SECONDS"))
 
     @property
     def REPLY_TIMEOUT(self) -> float:

@@ -172,7 +172,8 @@ async def queue_gauges(broker: Broker, keys: Iterable[str]) -> dict[str, QueueGa
             dispatcher = broker._dispatchers.get(key)
             waiting = sum(1 for w in dispatcher.waiters if not w.done()) if dispatcher else 0
             in_flight = int(results[2 * i + 1]) + broker.local_in_flight(key)
-            gauges[key] = QueueGauge(waiting, int(results[2 * i]), in_flight)
+            queued = int(results[2 * i]) + broker.local_queued(key)  # shared + held here
+            gauges[key] = QueueGauge(waiting, queued, in_flight)
         return gauges
     return dict.fromkeys(keys, UNKNOWN)
 

@@ -91,7 +91,8 @@ async def snapshot(broker: Broker, *, with_labels: bool) -> BrokerSnapshot:
                 replies = await pipe.execute()
             step = 2 if with_labels else 1
             for index, key in enumerate(ordered):
-                result.queued[key] = int(replies[index * step])
+                # the shared queue, plus what this process holds for its busy pollers
+                result.queued[key] = int(replies[index * step]) + broker.local_queued(key)
                 if with_labels:
                     label = replies[index * step + 1]
                     result.labels[key] = label.decode() if label else ""

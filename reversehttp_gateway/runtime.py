@@ -27,6 +27,7 @@ def build_broker() -> Broker:
             stream_window=gateway_settings.STREAM_WINDOW,
             stream_timeout=gateway_settings.REPLY_TIMEOUT,
             dead_after=max(10.0, 4 * gateway_settings.EXPIRY_INTERVAL),
+            local_hold=gateway_settings.LOCAL_QUEUE_SECONDS,
         )
     from .queue.memory import MemoryBroker
 

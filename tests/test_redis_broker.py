@@ -222,3 +222,121 @@ async def test_queued_requests_are_popped_in_order_by_the_dispatcher(pair):
         assert await a.bind(f"slot-10-{i}", taken, 10, answered_here=True)
     assert await raw.llen(a._k("q", "k10")) == 0
     assert await raw.llen(a._k("taking", a.process_id)) == 0
+
+
+# Local backlog (queue/backlog.py): requests held for this process's own busy pollers --------
+
+
+@pytest.fixture
+async def holding(redis_url: str) -> AsyncIterator[tuple[RedisBroker, RedisBroker, aioredis.Redis]]:
+    """Like ``pair``, but ``a`` holds requests for its busy pollers for 0.3 s (b does not)."""
+    prefix = f"tb{uuid.uuid4().hex[:10]}"
+    a, b = RedisBroker(redis_url, prefix, local_hold=0.3), RedisBroker(redis_url, prefix)
+    await a.start()
+    await b.start()
+    raw = aioredis.Redis.from_url(redis_url)
+    yield a, b, raw
+    await a.close()
+    await b.close()
+    keys = [key async for key in raw.scan_iter(f"{prefix}:*")]
+    if keys:
+        await raw.delete(*keys)
+    await raw.aclose()
+
+
+async def busy_poller(broker: RedisBroker, key: str) -> Taken:
+    """A local poller of ``key`` that took one request and is now busy answering it."""
+    _, taken = await hand_over(broker, broker, key)
+    assert await broker.bind(f"busy-{uuid.uuid4().hex}", taken, 10, answered_here=True)
+    return taken
+
+
+async def test_requests_for_busy_local_pollers_are_held_in_process_in_order(holding):
+    """Every local poller busy: the next requests wait here, FIFO (RH-60), not in Redis."""
+    a, _, raw = holding
+    await a.activate("h1", "held")
+    await busy_poller(a, "h1")
+    tickets = [
+        await a.enqueue("h1", public_request(b"GET /%d HTTP/1.1\r\n\r\n" % i)) for i in range(3)
+    ]
+    assert a.local_queued("h1") == 3
+    assert await raw.llen(a._k("q", "h1")) == 0 and await keys_of(raw, a, "req") == []
+    for i, ticket in enumerate(tickets):
+        taken = await a.take("h1", 1, asyncio.Event())  # the poller is free again
+        assert taken is not None and taken.local
+        assert taken.request.request_id == ticket.request_id
+        assert taken.request.envelope == b"GET /%d HTTP/1.1\r\n\r\n" % i
+        await answer_here(a, f"slot-h1-{i}", taken, b"%d" % i)
+        assert (await asyncio.wait_for(ticket.reply, 1)).body == b"%d" % i
+    assert a.local_queued("h1") == 0
+    assert await keys_of(raw, a, "req") == [] and await keys_of(raw, a, "slot") == []
+
+
+async def test_held_request_is_bound_for_longpoll_like_a_local_handover(holding):
+    """RH-29, RH-47: a held request taken by a long-poll can be answered by another process."""
+    a, b, _ = holding
+    await a.activate("h2", "held2")
+    await busy_poller(a, "h2")
+    ticket = await a.enqueue("h2", public_request())
+    taken = await a.take("h2", 1, asyncio.Event())
+    assert taken is not None and taken.local
+    assert await a.bind("slot-h2", taken, 10)
+    claimed = await b.claim("slot-h2")
+    assert claimed is not None and claimed.request_id == ticket.request_id
+    await b.route_reply(claimed, Reply(200, [], b"from b"))
+    assert (await asyncio.wait_for(ticket.reply, 2)).body == b"from b"
+
+
+async def test_held_request_spills_to_the_shared_queue_for_other_processes(holding):
+    """Not taken here within LOCAL_QUEUE_SECONDS: another process's poller gets it."""
+    a, b, raw = holding
+    await a.activate("h3", "spill")
+    await busy_poller(a, "h3")
+    poller_b = await waiting_poller(b, "h3")
+    ticket = await a.enqueue("h3", public_request())
+    assert a.local_queued("h3") == 1 and not poller_b.done()
+    taken = await asyncio.wait_for(poller_b, 3)  # after the 0.3 s hold
+    assert not taken.local and taken.request.request_id == ticket.request_id
+    assert a.local_queued("h3") == 0
+    await answer_here(b, "slot-h3", taken, b"spilled")
+    assert (await asyncio.wait_for(ticket.reply, 2)).body == b"spilled"
+    assert await raw.llen(a._k("q", "h3")) == 0
+
+
+async def test_withdrawn_held_request_is_never_delivered(holding):
+    """A requestor that leaves (or times out at T1) takes its held request with it."""
+    a, _, raw = holding
+    await a.activate("h4", "gone")
+    await busy_poller(a, "h4")
+    ticket = await a.enqueue("h4", public_request())
+    assert await a.withdraw(ticket)  # never delivered
+    a.forget(ticket)
+    assert a.local_queued("h4") == 0
+    assert await a.take("h4", 0.4, asyncio.Event()) is None  # nothing spilled either
+    assert await raw.llen(a._k("q", "h4")) == 0 and await keys_of(raw, a, "req") == []
+
+
+async def test_registration_deleted_answers_held_requests_503(holding):
+    """Deleted in another process: the requests held here get 503 at once, like queued ones."""
+    a, b, _ = holding
+    await a.activate("h5", "deleted")
+    await busy_poller(a, "h5")
+    ticket = await a.enqueue("h5", public_request())
+    await b.deactivate("h5", "deleted")
+    reply = await asyncio.wait_for(ticket.reply, 3)
+    assert reply.status == 503 and b"deleted" in reply.body
+    assert a.local_queued("h5") == 0
+
+
+async def test_no_holding_without_local_pollers_or_beyond_the_queue_limit(holding):
+    """A process that serves no poller of the key shares at once; the hold is bounded."""
+    a, _, raw = holding
+    await a.activate("h6", "nobody")
+    await a.enqueue("h6", public_request())  # nobody polled h6 here
+    assert a.local_queued("h6") == 0 and await raw.llen(a._k("q", "h6")) == 1
+    await a.activate("h7", "limit")
+    await busy_poller(a, "h7")
+    for _ in range(3):
+        await a.enqueue("h7", public_request(), max_queued=2)
+    assert a.local_queued("h7") == 2 and len(await keys_of(raw, a, "req")) == 2  # h6's, h7's
+    assert await a.app_available("h7", grace=5)  # RH-64: a local poller asked just now

@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..waiting import wait_either
+from .backlog import Backlog
 from .base import (
     Activity,
     Broker,
@@ -149,6 +150,7 @@ class RedisBroker(Broker):
         stream_window: int = 16,
         stream_timeout: float = 60.0,
         dead_after: float = 15.0,
+        local_hold: float = 0.0,
     ) -> None:
         self._dead_after = dead_after
         self._stream_window = stream_window
@@ -166,6 +168,7 @@ class RedisBroker(Broker):
         self._labels: dict[str, tuple[str, float]] = {}  # label -> (key, cached until)
         self._seen_written: dict[str, float] = {}
         self._dispatchers: dict[str, _Dispatcher] = {}
+        self._backlog = Backlog(local_hold, self._spill)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._closing = False
@@ -189,6 +192,8 @@ class RedisBroker(Broker):
 
     async def close(self) -> None:
         self._closing = True
+        for key in self._backlog.held_keys():
+            self._answer_held(key, Reply.error(503, "The gateway is stopping", retry_after=2))
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -259,6 +264,7 @@ class RedisBroker(Broker):
         kind, key = data.decode().split(" ", 1)
         if kind == "gone":
             self._forget_key(key)
+            self._answer_held(key, Reply.error(503, QUEUE_GONE_MESSAGE, retry_after=5))
         if kind == "gone" and (dispatcher := self._dispatchers.get(key)) is not None:
             for waiter in dispatcher.waiters:
                 if not waiter.done():
@@ -282,6 +288,7 @@ class RedisBroker(Broker):
     async def deactivate(self, key: str, label: str) -> None:
         self._labels.pop(label, None)
         self._forget_key(key)
+        self._answer_held(key, Reply.error(503, QUEUE_GONE_MESSAGE, retry_after=5))
         async with self._guard():
             queue = self._k("q", key)
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -338,7 +345,11 @@ class RedisBroker(Broker):
         request.origin = self._proc
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request.request_id] = future
-        if not request.body_stream and self._hand_over_locally(key, request):
+        if not request.body_stream and (
+            self._hand_over_locally(key, request)
+            or self._backlog.hold_request(key, request, max_queued)
+        ):
+            request.key = key
             return Ticket(key, request.request_id, future)
         record = self._k("req", request.request_id)
         ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
@@ -372,6 +383,52 @@ class RedisBroker(Broker):
                 return True
         return False
 
+    def _spill(self, key: str, request: PublicRequest) -> None:
+        """A held request no local poller took in time: to the shared queue (backlog.py)."""
+        if self._still_waiting(request):
+            asyncio.ensure_future(self._push_spilled(key, request))
+
+    async def _push_spilled(self, key: str, request: PublicRequest) -> None:
+        record = self._k("req", request.request_id)
+        ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(record, mapping=self._record(key, request))
+                pipe.expire(record, ttl)
+                pipe.lpush(self._k("q", key), request.request_id)
+                await pipe.execute()
+            if not self._still_waiting(request):  # withdrawn while it was being written
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.lrem(self._k("q", key), 1, request.request_id)
+                    pipe.delete(record)
+                    await pipe.execute()
+        except (RedisError, OSError) as exc:
+            logger.warning("Redis error while queueing a held request of %s: %s", key, exc)
+            unavailable = Reply.error(503, "The gateway's queue is unavailable", retry_after=5)
+            self._answer(request, unavailable)
+
+    def _answer(self, request: PublicRequest, reply: Reply) -> None:
+        """Answer a requestor held by this process (a request that never left it)."""
+        future = self._pending.get(request.request_id)
+        if future is not None and not future.done():
+            future.set_result(reply)
+
+    def _answer_held(self, key: str, reply: Reply) -> None:
+        self._backlog.forget(key)
+        for request in self._backlog.drain(key):
+            self._answer(request, reply)
+
+    def local_queued(self, key: str) -> int:
+        """Requests of ``key`` held in this process for its busy pollers (backlog.py)."""
+        return self._backlog.count(key)
+
+    def _take_held(self, key: str) -> Taken | None:
+        """The oldest request held here for ``key`` whose requestor still waits."""
+        while (request := self._backlog.pop(key)) is not None:
+            if self._still_waiting(request):
+                return Taken(key, request, local=True)
+        return None
+
     def local_in_flight(self, key: str) -> int:
         """Requests of ``key`` handed over in this process and answered here, unanswered."""
         return sum(1 for request in self._local_slots.values() if request.key == key)
@@ -390,8 +447,8 @@ class RedisBroker(Broker):
         }
 
     async def app_available(self, key: str, grace: float) -> bool:
-        if self.local_in_flight(key):
-            return True  # a request handed over here is being answered
+        if self._backlog.serving(key, grace) or self.local_in_flight(key):
+            return True  # a poller asked here lately, or a request handed over here is open
         moment = now()
         async with self._guard(), self._redis.pipeline(transaction=False) as pipe:
             pipe.zcount(self._k("disp", key), moment, "+inf")
@@ -404,6 +461,8 @@ class RedisBroker(Broker):
         self._pending.pop(ticket.request_id, None)
 
     async def withdraw(self, ticket: Ticket) -> bool:
+        if self._backlog.remove(ticket.key, ticket.request_id):
+            return True
         async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
             pipe.lrem(self._k("q", ticket.key), 1, ticket.request_id)
             pipe.delete(self._k("req", ticket.request_id))
@@ -412,6 +471,10 @@ class RedisBroker(Broker):
 
     # Poll side --------------------------------------------------------------------------
     async def take(self, key: str, timeout: float, disconnected: asyncio.Event) -> Taken | None:
+        self._backlog.polled(key)
+        held = self._take_held(key)
+        if held is not None:
+            return held
         dispatcher = self._dispatchers.get(key)
         if dispatcher is None:
             dispatcher = self._dispatchers[key] = _Dispatcher()
@@ -434,6 +497,9 @@ class RedisBroker(Broker):
         return taken
 
     async def take_nowait(self, key: str) -> Taken | None:
+        held = self._take_held(key)
+        if held is not None:
+            return held
         queue, taking = self._k("q", key), self._k("taking", self._proc)
         async with self._guard():
             while True:
