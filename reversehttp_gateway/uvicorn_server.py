@@ -10,6 +10,7 @@ protocol (httptools, or h11 when httptools is missing; uvloop when installed):
   never while a request is being answered; while uvicorn has paused reading because the
   application has not taken the body yet (back-pressure), the client is not idle;
 - a limit on the request head (httptools has none; h11 bounds the incomplete head it buffers);
+- a response's head and first body bytes in one write (one TCP segment, as Twisted does);
 - response header names spelled as Twisted spells them (``Link``, ``Content-Type``, ``ETag``):
   uvicorn writes them in lower case, and some ReverseHttp clients match ``Link`` exactly.
 
@@ -62,6 +63,7 @@ _CASE_MAPPINGS = {
     b"X-Xss-Protection": b"X-XSS-Protection",
 }
 _canonical: dict[bytes, bytes] = {}
+COALESCE_LIMIT = 256 * 1024  # a larger first body chunk is written after the head, not copied
 
 
 def canonical_name(name: bytes) -> bytes:
@@ -87,13 +89,48 @@ def canonical_head(head: bytes) -> bytes:
 
 
 class _HeadWriter:
-    """Stands in for a transport while uvicorn writes a response head (one ``write``)."""
+    """The cycle's transport while uvicorn writes a response head: holds the head (with
+    canonical header names) until the first body write, so that a response sent whole leaves
+    in one write and one TCP segment instead of two. A head whose body does not follow at once
+    (a streamed response waiting for its first chunk) is written at the end of the event-loop
+    iteration; either way the writer then takes itself out of the cycle."""
 
-    def __init__(self, transport: asyncio.Transport) -> None:
+    def __init__(self, cycle: Any, transport: asyncio.Transport) -> None:
+        self._cycle = cycle
         self._transport = transport
+        self._head = b""
+        self._expecting_head = True
 
     def write(self, data: bytes) -> None:
-        self._transport.write(canonical_head(data) if data.startswith(b"HTTP/") else data)
+        if self._expecting_head and data.startswith(b"HTTP/"):
+            self._expecting_head = False
+            self._head = canonical_head(data)
+            asyncio.get_running_loop().call_soon(self.release)
+            return
+        self.release(data)
+
+    def head_sent(self) -> None:
+        """uvicorn's start message is done: nothing held means nothing to wait for."""
+        self._expecting_head = False
+        if not self._head:
+            self.release()
+
+    def release(self, data: bytes = b"") -> None:
+        """Leave the cycle; write the held head, with ``data`` after it in the same write."""
+        if self._cycle.transport is self:
+            self._cycle.transport = self._transport
+        head, self._head = self._head, b""
+        if head and not self._transport.is_closing():
+            if len(data) <= COALESCE_LIMIT:
+                self._transport.write(head + data)
+                return
+            self._transport.write(head)
+        if data:
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.release()
+        self._transport.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
@@ -109,12 +146,12 @@ class _CanonicalHeaders:
         if self.response_started or message["type"] != "http.response.start":
             await super().send(message)  # type: ignore[misc]
             return
-        transport = self.transport
-        self.transport = _HeadWriter(transport)
+        writer = _HeadWriter(self, self.transport)
+        self.transport = writer
         try:
             await super().send(message)  # type: ignore[misc]
         finally:
-            self.transport = transport
+            writer.head_sent()
 
 
 class _H11Cycle(_CanonicalHeaders, h11_impl.RequestResponseCycle):

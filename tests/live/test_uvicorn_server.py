@@ -114,6 +114,33 @@ async def test_accepted_sockets_have_tcp_nodelay(uv_gateway):
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
+def _data_segments_in(sock: socket.socket) -> int:
+    """``tcpi_data_segs_in`` of Linux's ``struct tcp_info``: segments received with data."""
+    import struct
+
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return struct.unpack_from("I", info, 152)[0]
+
+
+async def test_a_whole_response_leaves_in_one_segment(uv_gateway):
+    """Head and body of a response sent whole go out in one write (TCP_NODELAY sends every
+    write as its own segment: two writes would cost the requestor a second segment)."""
+    label = unique_label()  # never registered: the gateway's own 404, head and body
+    with socket.create_connection(("127.0.0.1", uv_gateway.port), timeout=10) as sock:
+        request = f"GET /{label}/x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+        counts = []
+        for _ in range(5):  # keep-alive: the same connection every time
+            before = _data_segments_in(sock)
+            sock.sendall(request)
+            data = b""
+            while b"\r\n\r\n" not in data or not data.endswith(b"\n"):
+                data += sock.recv(65536)
+            assert data.startswith(b"HTTP/1.1 404 ") and b"No application" in data
+            await asyncio.sleep(0.05)  # anything still in flight has arrived
+            counts.append(_data_segments_in(sock) - before)
+    assert counts == [1] * 5
+
+
 async def test_oversized_request_head_is_refused(uv_gateway):
     def exchange() -> bytes:
         with socket.create_connection(("127.0.0.1", uv_gateway.port), timeout=5) as sock:
