@@ -420,7 +420,7 @@ class ReversedConnection:
         if not await self._unwatch():
             await self.broker.put_back(taken)  # PT-07: not written, so the next poller gets it
             return False
-        slot = capabilities.new_slot(taken.key)
+        slot = capabilities.connection_slot()
         bound = await self.broker.bind(
             slot, taken, gateway_settings.REPLY_TIMEOUT, answered_here=True
         )

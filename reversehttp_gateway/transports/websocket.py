@@ -95,7 +95,7 @@ class _Connection:
         while not self.gone.is_set():
             if sum(1 for loop in self.loops if not loop.done()) > self.wanted:
                 return  # the application lowered its concurrency
-            slot = capabilities.new_slot(self.address.key)
+            slot = capabilities.connection_slot()
             try:
                 taken = await take_and_bind(
                     self.broker, self.address.key, slot, self.gone, answered_here=True
