@@ -3,7 +3,7 @@
 #
 #   bash bench/run.sh [--rounds N] [--duration S] [--quick] [--transports "longpoll websocket ptth"]
 #                     [--own-redis] [--broker redis|memory] [--no-install] [--no-nginx-origin]
-#                     [--hold SECONDS] [--server daphne|uvicorn]
+#                     [--hold SECONDS] [--server uvicorn|daphne]
 #                     [-- EXTRA compare.py ARGS]
 #
 # Installs what is missing (Debian wrk, nginx-light, libnginx-mod-http-echo via apt-get;
@@ -11,7 +11,7 @@
 #
 #   :18201  Python origin (bench/origin.py, uvicorn)     :18202  nginx origin (refs_nginx.sh)
 #   :18203  nginx proxy_pass -> :18201                   :18204  nginx proxy_pass -> :18202
-#   :18250  the gateway (manage.py rungateway --server daphne|uvicorn, default daphne; Redis
+#   :18250  the gateway (manage.py rungateway --server uvicorn|daphne, default uvicorn; Redis
 #           broker, fresh SQLite DB in a temp
 #           dir, vhost mode with VHOST_DOMAIN=gw.test:18250)     :18251  its PTTH listener
 #   :18259  a private redis-server, only if none answers on 127.0.0.1:6379 (or with --own-redis)
@@ -26,8 +26,8 @@
 # the Redis round trips; Redis is then neither started nor counted).
 # --hold SECONDS: start everything, print the targets, keep them up that long (for profiling,
 # e.g. py-spy against the printed PIDs), then stop; nothing is measured.
-# --server uvicorn: the gateway serves with uvicorn (rungateway --server uvicorn; needs the
-# [uvicorn] extra in the gateway's venv) instead of Daphne.
+# --server daphne: the gateway serves with Daphne (rungateway --server daphne) instead of
+# uvicorn, rungateway's default.
 # Not part of the CI test run.
 set -euo pipefail
 
@@ -56,7 +56,7 @@ BROKER=redis
 INSTALL=1
 NGINX_ORIGIN=1
 HOLD=""
-SERVER=daphne
+SERVER=uvicorn
 EXTRA=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -112,9 +112,9 @@ if [ ! -x "$GW_PY" ]; then
   python3 -m venv "$ROOT/.venv" && "$ROOT/.venv/bin/pip" install -q -e "$ROOT"
 fi
 if [ "$SERVER" = uvicorn ] && ! "$GW_PY" -c 'import uvicorn' 2>/dev/null; then
-  [ -n "$INSTALL" ] || { echo "uvicorn missing in $GW_PY's venv (the [uvicorn] extra)" >&2; exit 1; }
-  log "pip install -e .[uvicorn] into $(dirname "$GW_BIN")"
-  "$GW_PY" -m pip install -q -e "$ROOT[uvicorn]"
+  [ -n "$INSTALL" ] || { echo "uvicorn missing in $GW_PY's venv" >&2; exit 1; }
+  log "pip install -e . into $(dirname "$GW_BIN") (uvicorn is a dependency)"
+  "$GW_PY" -m pip install -q -e "$ROOT"
 fi
 
 # ------------------------------------------------------------------ ports must be free

@@ -12,7 +12,7 @@
    50 MiB), each on a fresh gateway process, after a 1 MiB warm-up.
 
 Each part runs for each ``--brokers`` entry (redis, memory), on ``rungateway --server``
-``--server`` (daphne, the default, or uvicorn). The gateway runs with its defaults
+``--server`` (uvicorn, the default, or daphne). The gateway runs with its defaults
 except: a fresh SQLite database in a temp dir, ``REGISTRATIONS_PER_MINUTE=0`` (10,000 names
 come from one IP), ``POLL_TIMEOUT=600`` (so that polls wait for the whole measurement) and a
 1-hour lease. Everything listens on 127.0.0.1 (gateway :18280, private Redis :18289 only if
@@ -534,7 +534,7 @@ def main() -> None:
     ap.add_argument("--names", type=int, default=10_000)
     ap.add_argument("--pollers", type=int, default=1_000)
     ap.add_argument("--brokers", default="redis,memory")
-    ap.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
+    ap.add_argument("--server", choices=["uvicorn", "daphne"], default="uvicorn")
     ap.add_argument("--body-mib", type=int, default=100)
     ap.add_argument("--skip-pollers", action="store_true")
     ap.add_argument("--skip-body", action="store_true")

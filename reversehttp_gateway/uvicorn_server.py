@@ -1,4 +1,4 @@
-"""``UvicornGatewayServer``: uvicorn serving the gateway (``rungateway --server uvicorn``).
+"""``UvicornGatewayServer``: uvicorn serving the gateway (``rungateway``, its default server).
 
 The same application, PTTH listener, startup and graceful drain as ``server.GatewayServer``
 (shared in ``server.ServingBase``); what Twisted gave Daphne is added here on uvicorn's HTTP

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run the whole test suite: installs the test dependencies, starts Redis if none answers.
 #   ./scripts/test.sh [pytest arguments]
+# Without arguments: everything under uvicorn (rungateway's default), then tests/live again
+# under Daphne (RHGW_TEST_SERVER=daphne). With arguments: one pytest run with them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -54,4 +56,12 @@ fi
 DOCS_SITE=$(mktemp -d)
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$DOCS_SITE"
 rm -rf "$DOCS_SITE"
-exec .venv/bin/python -m pytest "$@"
+if [ $# -gt 0 ]; then
+  exec .venv/bin/python -m pytest "$@"
+fi
+# The whole suite under rungateway's default server (uvicorn), then the live tests, which run
+# real gateway processes, again under the other server rungateway offers (Daphne).
+.venv/bin/python -m pytest
+echo "Live tests again under rungateway --server daphne" >&2
+export RHGW_TEST_SERVER=daphne
+exec .venv/bin/python -m pytest tests/live

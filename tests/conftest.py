@@ -69,7 +69,7 @@ def _factory(tmp: Path, template: Path, redis_url: str) -> tuple[GatewayFactory,
 @pytest.fixture
 def start_gateway(tmp_path: Path, db_template: Path, redis_url: str) -> Iterator[GatewayFactory]:
     """Factory: ``start_gateway(broker, server=None, **settings)`` starts a gateway, stopped
-    after the test (``server``: ``rungateway --server``, default ``RHGW_TEST_SERVER``/daphne)."""
+    after the test (``server``: ``rungateway --server``, default ``RHGW_TEST_SERVER``/uvicorn)."""
     start, started = _factory(tmp_path, db_template, redis_url)
     yield start
     for gateway in started:

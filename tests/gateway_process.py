@@ -14,8 +14,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # The ASGI server of every gateway the tests start, unless one asks for another:
-# RHGW_TEST_SERVER=uvicorn runs the live tests under ``rungateway --server uvicorn``.
-DEFAULT_SERVER = os.environ.get("RHGW_TEST_SERVER", "daphne")
+# RHGW_TEST_SERVER=daphne runs the live tests under ``rungateway --server daphne``
+# (scripts/test.sh runs tests/live a second time so); the default is rungateway's, uvicorn.
+DEFAULT_SERVER = os.environ.get("RHGW_TEST_SERVER", "uvicorn")
 
 
 def free_port() -> int:
@@ -121,7 +122,7 @@ def make_gateway(
 ) -> Gateway:
     """A gateway (not yet started) whose issued URLs point at its own loopback port.
 
-    ``server``: ``rungateway --server`` (default ``RHGW_TEST_SERVER`` or daphne).
+    ``server``: ``rungateway --server`` (default ``RHGW_TEST_SERVER`` or uvicorn).
     """
     port = free_port()
     if db_path is None:

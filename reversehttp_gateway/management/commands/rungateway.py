@@ -1,4 +1,4 @@
-"""``manage.py rungateway [addr:port] [--server daphne|uvicorn]``: serve the gateway."""
+"""``manage.py rungateway [addr:port] [--server uvicorn|daphne]``: serve the gateway."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from django.utils.module_loading import import_string
 
 from ...server import GatewayServer, ServingBase
 
-SERVERS = ("daphne", "uvicorn")
+SERVERS = ("uvicorn", "daphne")
 ADDRPORT = re.compile(r"^(?:(?P<host>\[[0-9a-fA-F:.]+\]|[\w.-]+):)?(?P<port>\d+)$")
 
 
 class Command(BaseCommand):
-    help = "Serve the Reverse HTTP gateway and the site with Daphne (default) or uvicorn."
+    help = "Serve the Reverse HTTP gateway and the site with uvicorn (default) or Daphne."
     server_class: type[ServingBase] | None = None  # overrides --server when set (tests, embedding)
 
     def add_arguments(self, parser: Any) -> None:
@@ -36,9 +36,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--server",
             choices=SERVERS,
-            default="daphne",
-            help="ASGI server for the public listener: daphne (default) or uvicorn "
-            "(needs the [uvicorn] extra: uvicorn[standard]; streams request bodies).",
+            default="uvicorn",
+            help="ASGI server: uvicorn (default; streams request bodies, less CPU per "
+            "request) or daphne (receives whole request bodies before relaying them).",
         )
         parser.add_argument(
             "--no-static",
@@ -82,7 +82,7 @@ class Command(BaseCommand):
                 from ...uvicorn_server import UvicornGatewayServer
             except ImportError as exc:
                 raise CommandError(
-                    f"--server uvicorn: {exc}; install reversehttp-gateway[uvicorn]"
+                    f"--server uvicorn: {exc}; install uvicorn[standard] (or --server daphne)"
                 ) from None
             return UvicornGatewayServer
         return GatewayServer
