@@ -63,7 +63,6 @@ _CASE_MAPPINGS = {
     b"X-Xss-Protection": b"X-XSS-Protection",
 }
 _canonical: dict[bytes, bytes] = {}
-COALESCE_LIMIT = 256 * 1024  # a larger first body chunk is written after the head, not copied
 
 
 def canonical_name(name: bytes) -> bytes:
@@ -120,13 +119,12 @@ class _HeadWriter:
         if self._cycle.transport is self:
             self._cycle.transport = self._transport
         head, self._head = self._head, b""
-        if head and not self._transport.is_closing():
-            if len(data) <= COALESCE_LIMIT:
-                self._transport.write(head + data)
-                return
-            self._transport.write(head)
-        if data:
-            self._transport.write(data)
+        if self._transport.is_closing():  # aborted (http.abort_response) or closed meanwhile
+            return
+        if head and data:
+            self._transport.writelines((head, data))  # one (vectored) write, no copy
+        elif head or data:
+            self._transport.write(head or data)
 
     def close(self) -> None:
         self.release()
