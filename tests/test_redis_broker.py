@@ -8,6 +8,7 @@ shared/spec/PROTOCOL.md; docs/architecture.md ("Local handover") has the design.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -32,21 +33,33 @@ def public_request(envelope: bytes = ENVELOPE, seconds: float = 10) -> PublicReq
     )
 
 
-@pytest.fixture
-async def pair(redis_url: str) -> AsyncIterator[tuple[RedisBroker, RedisBroker, aioredis.Redis]]:
+Pair = tuple[RedisBroker, RedisBroker, aioredis.Redis]
+
+
+@contextlib.asynccontextmanager
+async def broker_pair(redis_url: str, *, local_hold_a: float = 0.0) -> AsyncIterator[Pair]:
     """Brokers ``a`` and ``b`` ("two processes") sharing a fresh key prefix, and a raw client."""
     prefix = f"tb{uuid.uuid4().hex[:10]}"
-    a, b = RedisBroker(redis_url, prefix), RedisBroker(redis_url, prefix)
+    a = RedisBroker(redis_url, prefix, local_hold=local_hold_a)
+    b = RedisBroker(redis_url, prefix)
     await a.start()
     await b.start()
     raw = aioredis.Redis.from_url(redis_url)
-    yield a, b, raw
-    await a.close()
-    await b.close()
-    keys = [key async for key in raw.scan_iter(f"{prefix}:*")]
-    if keys:
-        await raw.delete(*keys)
-    await raw.aclose()
+    try:
+        yield a, b, raw
+    finally:
+        await a.close()
+        await b.close()
+        keys = [key async for key in raw.scan_iter(f"{prefix}:*")]
+        if keys:
+            await raw.delete(*keys)
+        await raw.aclose()
+
+
+@pytest.fixture
+async def pair(redis_url: str) -> AsyncIterator[Pair]:
+    async with broker_pair(redis_url) as brokers:
+        yield brokers
 
 
 async def waiting_poller(broker: RedisBroker, key: str) -> asyncio.Task:
@@ -228,20 +241,10 @@ async def test_queued_requests_are_popped_in_order_by_the_dispatcher(pair):
 
 
 @pytest.fixture
-async def holding(redis_url: str) -> AsyncIterator[tuple[RedisBroker, RedisBroker, aioredis.Redis]]:
+async def holding(redis_url: str) -> AsyncIterator[Pair]:
     """Like ``pair``, but ``a`` holds requests for its busy pollers for 0.3 s (b does not)."""
-    prefix = f"tb{uuid.uuid4().hex[:10]}"
-    a, b = RedisBroker(redis_url, prefix, local_hold=0.3), RedisBroker(redis_url, prefix)
-    await a.start()
-    await b.start()
-    raw = aioredis.Redis.from_url(redis_url)
-    yield a, b, raw
-    await a.close()
-    await b.close()
-    keys = [key async for key in raw.scan_iter(f"{prefix}:*")]
-    if keys:
-        await raw.delete(*keys)
-    await raw.aclose()
+    async with broker_pair(redis_url, local_hold_a=0.3) as brokers:
+        yield brokers
 
 
 async def busy_poller(broker: RedisBroker, key: str) -> Taken:
