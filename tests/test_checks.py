@@ -171,6 +171,14 @@ def test_e005_expiry_interval_must_be_positive(interval: int) -> None:
     assert "reversehttp_gateway.E005" in check_ids({"EXPIRY_INTERVAL": interval})
 
 
+@pytest.mark.parametrize("hold", [-0.1, 10, "soon"])
+def test_e005_local_queue_seconds_must_be_below_no_app_timeout(hold: object) -> None:
+    """The local backlog must hand a request to the shared queue well before T1 (RH-64)."""
+    config = {"LOCAL_QUEUE_SECONDS": hold, "NO_APP_TIMEOUT": 10}
+    assert "reversehttp_gateway.E005" in check_ids(config)
+    assert "reversehttp_gateway.E005" not in check_ids({**config, "LOCAL_QUEUE_SECONDS": 0})
+
+
 @pytest.mark.parametrize("reserved", ["admin", ["admin", 3]])
 def test_e007_reserved_labels_must_be_a_list_of_labels(reserved: object) -> None:
     assert "reversehttp_gateway.E007" in check_ids({"RESERVED_LABELS": reserved})
