@@ -169,6 +169,7 @@ class RedisBroker(Broker):
         self._seen_written: dict[str, float] = {}
         self._dispatchers: dict[str, _Dispatcher] = {}
         self._backlog = Backlog(local_hold, self._spill)
+        self._spilling: set[asyncio.Task[None]] = set()  # held references (asyncio's advice)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._closing = False
@@ -386,7 +387,9 @@ class RedisBroker(Broker):
     def _spill(self, key: str, request: PublicRequest) -> None:
         """A held request no local poller took in time: to the shared queue (backlog.py)."""
         if self._still_waiting(request):
-            asyncio.ensure_future(self._push_spilled(key, request))
+            task = asyncio.ensure_future(self._push_spilled(key, request))
+            self._spilling.add(task)
+            task.add_done_callback(self._spilling.discard)
 
     async def _push_spilled(self, key: str, request: PublicRequest) -> None:
         record = self._k("req", request.request_id)
