@@ -343,3 +343,29 @@ async def test_no_holding_without_local_pollers_or_beyond_the_queue_limit(holdin
         await a.enqueue("h7", public_request(), max_queued=2)
     assert a.local_queued("h7") == 2 and len(await keys_of(raw, a, "req")) == 2  # h6's, h7's
     assert await a.app_available("h7", grace=5)  # RH-64: a local poller asked just now
+
+
+async def test_spilled_requests_are_not_passed_by_newer_held_ones(holding):
+    """RH-60 under overload: once a held request spilled to the shared queue, the local pollers
+    take it before requests held after it (they would otherwise starve it while held requests
+    keep coming), and then the held ones."""
+    a, _, raw = holding
+    await a.activate("h8", "order")
+    await busy_poller(a, "h8")
+    older = await a.enqueue("h8", public_request(b"GET /older HTTP/1.1\r\n\r\n"))
+    for _ in range(100):  # spilled after the 0.3 s hold
+        if await raw.llen(a._k("q", "h8")):
+            break
+        await asyncio.sleep(0.02)
+    assert a.local_queued("h8") == 0 and await raw.llen(a._k("q", "h8")) == 1
+    newer = await a.enqueue("h8", public_request(b"GET /newer HTTP/1.1\r\n\r\n"))
+    assert a.local_queued("h8") == 1
+    first = await a.take("h8", 2, asyncio.Event())
+    assert first is not None and first.request.request_id == older.request_id
+    await answer_here(a, "slot-h8-1", first, b"older")
+    second = await a.take("h8", 2, asyncio.Event())  # the queue is empty: the held one now
+    assert second is not None and second.request.request_id == newer.request_id
+    await answer_here(a, "slot-h8-2", second, b"newer")
+    assert (await asyncio.wait_for(older.reply, 1)).body == b"older"
+    assert (await asyncio.wait_for(newer.reply, 1)).body == b"newer"
+

@@ -170,6 +170,9 @@ class RedisBroker(Broker):
         self._dispatchers: dict[str, _Dispatcher] = {}
         self._backlog = Backlog(local_hold, self._spill)
         self._spilling: set[asyncio.Task[None]] = set()  # held references (asyncio's advice)
+        # Per key, requests of this process's requestors that went to the shared queue while the
+        # key's pollers were served here: older than anything held, so served before it.
+        self._shared: dict[str, set[str]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._closing = False
@@ -369,6 +372,7 @@ class RedisBroker(Broker):
         except BaseException:
             self._pending.pop(request.request_id, None)
             raise
+        self._note_shared(key, request)
         return Ticket(key, request.request_id, future)
 
     def _hand_over_locally(self, key: str, request: PublicRequest) -> bool:
@@ -383,6 +387,27 @@ class RedisBroker(Broker):
                 waiter.set_result(Taken(key, request, local=True))
                 return True
         return False
+
+    def _note_shared(self, key: str, request: PublicRequest) -> None:
+        """``request`` (ours) waits in the shared queue; local pollers must not pass it by
+        taking newer held requests first (no starvation under overload)."""
+        if self._backlog.serving(key):
+            self._shared.setdefault(key, set()).add(request.request_id)
+
+    def _shared_waiting(self, key: str) -> bool:
+        """Whether a request of ours that went to the shared queue for ``key`` still waits."""
+        ids = self._shared.get(key)
+        if not ids:
+            return False
+        for request_id in [i for i in ids if not self._is_pending(i)]:
+            ids.discard(request_id)
+        if not ids:
+            del self._shared[key]
+        return bool(ids)
+
+    def _is_pending(self, request_id: str) -> bool:
+        future = self._pending.get(request_id)
+        return future is not None and not future.done()
 
     def _spill(self, key: str, request: PublicRequest) -> None:
         """A held request no local poller took in time: to the shared queue (backlog.py)."""
@@ -400,6 +425,7 @@ class RedisBroker(Broker):
                 pipe.expire(record, ttl)
                 pipe.lpush(self._k("q", key), request.request_id)
                 await pipe.execute()
+            self._note_shared(key, request)
             if not self._still_waiting(request):  # withdrawn while it was being written
                 async with self._redis.pipeline(transaction=True) as pipe:
                     pipe.lrem(self._k("q", key), 1, request.request_id)
@@ -418,6 +444,7 @@ class RedisBroker(Broker):
 
     def _answer_held(self, key: str, reply: Reply) -> None:
         self._backlog.forget(key)
+        self._shared.pop(key, None)
         for request in self._backlog.drain(key):
             self._answer(request, reply)
 
@@ -475,9 +502,10 @@ class RedisBroker(Broker):
     # Poll side --------------------------------------------------------------------------
     async def take(self, key: str, timeout: float, disconnected: asyncio.Event) -> Taken | None:
         self._backlog.polled(key)
-        held = self._take_held(key)
-        if held is not None:
-            return held
+        if not self._shared_waiting(key):  # else the dispatcher serves the older ones first
+            held = self._take_held(key)
+            if held is not None:
+                return held
         dispatcher = self._dispatchers.get(key)
         if dispatcher is None:
             dispatcher = self._dispatchers[key] = _Dispatcher()
@@ -500,7 +528,7 @@ class RedisBroker(Broker):
         return taken
 
     async def take_nowait(self, key: str) -> Taken | None:
-        held = self._take_held(key)
+        held = None if self._shared_waiting(key) else self._take_held(key)
         if held is not None:
             return held
         queue, taking = self._k("q", key), self._k("taking", self._proc)
@@ -544,6 +572,10 @@ class RedisBroker(Broker):
                 request_id, *flat = popped
                 fields = dict(zip(flat[::2], flat[1::2], strict=True))
                 request = self._from_hash(request_id.decode(), fields)
+            elif dispatcher.has_waiters() and (held := self._take_held(key)) is not None:
+                # The shared queue is empty: the requests held here are the oldest now.
+                dispatcher.waiters.popleft().set_result(held)
+                return
             else:
                 request_id = await self._redis.blmove(queue, taking, BLOCK_SECONDS, "RIGHT", "LEFT")
                 if request_id is None:
@@ -670,6 +702,7 @@ class RedisBroker(Broker):
             pipe.expire(record, ttl)
             pipe.rpush(self._k("q", taken.key), request.request_id)
             await pipe.execute()
+        self._note_shared(taken.key, request)
 
     def _still_waiting(self, request: PublicRequest) -> bool:
         future = self._pending.get(request.request_id)
@@ -747,6 +780,8 @@ class RedisBroker(Broker):
     async def housekeeping(self) -> None:
         """Heartbeat this process, and re-queue what crashed processes had taken (reaper)."""
         moment = now()
+        for key in list(self._shared):  # drop the answered ones of keys nobody polls any more
+            self._shared_waiting(key)
         for bound in (self._bound, self._local_slots):
             for slot, request in list(bound.items()):
                 if request.deadline < moment - RECORD_GRACE:
