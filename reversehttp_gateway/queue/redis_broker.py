@@ -355,24 +355,15 @@ class RedisBroker(Broker):
         ):
             request.key = key
             return Ticket(key, request.request_id, future)
-        record = self._k("req", request.request_id)
-        ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
         try:
-            async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(record, mapping=self._record(key, request))
-                pipe.expire(record, ttl)
-                pipe.lpush(self._k("q", key), request.request_id)
-                *_, queued = await pipe.execute()
-            if max_queued is not None and queued > max_queued:
-                async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
-                    pipe.lrem(self._k("q", key), 1, request.request_id)
-                    pipe.delete(record)
-                    await pipe.execute()
-                raise QueueFull
+            async with self._guard():
+                queued = await self._store_and_push(key, request)
+                if max_queued is not None and queued > max_queued:
+                    await self._unqueue(key, request.request_id)
+                    raise QueueFull
         except BaseException:
             self._pending.pop(request.request_id, None)
             raise
-        self._note_shared(key, request)
         return Ticket(key, request.request_id, future)
 
     def _hand_over_locally(self, key: str, request: PublicRequest) -> bool:
@@ -387,6 +378,29 @@ class RedisBroker(Broker):
                 waiter.set_result(Taken(key, request, local=True))
                 return True
         return False
+
+    async def _store_and_push(
+        self, key: str, request: PublicRequest, *, head: bool = False
+    ) -> int:
+        """Write the ``req:`` hash and queue the id: at the tail, or at the ``head`` (RH-30).
+        Returns the queue's length; notes the request as waiting in the shared queue."""
+        record = self._k("req", request.request_id)
+        ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(record, mapping=self._record(key, request))
+            pipe.expire(record, ttl)
+            (pipe.rpush if head else pipe.lpush)(self._k("q", key), request.request_id)
+            *_, length = await pipe.execute()
+        self._note_shared(key, request)
+        return int(length)
+
+    async def _unqueue(self, key: str, request_id: str) -> bool:
+        """Take a queued request out again; True if it was still in the queue."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.lrem(self._k("q", key), 1, request_id)
+            pipe.delete(self._k("req", request_id))
+            removed, _ = await pipe.execute()
+        return bool(removed)
 
     def _note_shared(self, key: str, request: PublicRequest) -> None:
         """``request`` (ours) waits in the shared queue; local pollers must not pass it by
@@ -406,6 +420,7 @@ class RedisBroker(Broker):
         return bool(ids)
 
     def _is_pending(self, request_id: str) -> bool:
+        """Whether the requestor of ``request_id`` (held by this process) still waits."""
         future = self._pending.get(request_id)
         return future is not None and not future.done()
 
@@ -417,27 +432,17 @@ class RedisBroker(Broker):
             task.add_done_callback(self._spilling.discard)
 
     async def _push_spilled(self, key: str, request: PublicRequest) -> None:
-        record = self._k("req", request.request_id)
-        ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(record, mapping=self._record(key, request))
-                pipe.expire(record, ttl)
-                pipe.lpush(self._k("q", key), request.request_id)
-                await pipe.execute()
-            self._note_shared(key, request)
+            await self._store_and_push(key, request)
             if not self._still_waiting(request):  # withdrawn while it was being written
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.lrem(self._k("q", key), 1, request.request_id)
-                    pipe.delete(record)
-                    await pipe.execute()
+                await self._unqueue(key, request.request_id)
         except (RedisError, OSError) as exc:
             logger.warning("Redis error while queueing a held request of %s: %s", key, exc)
             unavailable = Reply.error(503, "The gateway's queue is unavailable", retry_after=5)
             self._answer(request, unavailable)
 
     def _answer(self, request: PublicRequest, reply: Reply) -> None:
-        """Answer a requestor held by this process (a request that never left it)."""
+        """Answer a requestor held by this process, at once (no round trip through Redis)."""
         future = self._pending.get(request.request_id)
         if future is not None and not future.done():
             future.set_result(reply)
@@ -451,6 +456,11 @@ class RedisBroker(Broker):
     def local_queued(self, key: str) -> int:
         """Requests of ``key`` held in this process for its busy pollers (backlog.py)."""
         return self._backlog.count(key)
+
+    def _next_held(self, key: str) -> Taken | None:
+        """The oldest held request, unless one of ours waits in the shared queue: that one is
+        older, and the dispatcher serves it first (then held ones, once the queue is empty)."""
+        return None if self._shared_waiting(key) else self._take_held(key)
 
     def _take_held(self, key: str) -> Taken | None:
         """The oldest request held here for ``key`` whose requestor still waits."""
@@ -493,19 +503,15 @@ class RedisBroker(Broker):
     async def withdraw(self, ticket: Ticket) -> bool:
         if self._backlog.remove(ticket.key, ticket.request_id):
             return True
-        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(self._k("q", ticket.key), 1, ticket.request_id)
-            pipe.delete(self._k("req", ticket.request_id))
-            removed, _ = await pipe.execute()
-        return bool(removed)
+        async with self._guard():
+            return await self._unqueue(ticket.key, ticket.request_id)
 
     # Poll side --------------------------------------------------------------------------
     async def take(self, key: str, timeout: float, disconnected: asyncio.Event) -> Taken | None:
         self._backlog.polled(key)
-        if not self._shared_waiting(key):  # else the dispatcher serves the older ones first
-            held = self._take_held(key)
-            if held is not None:
-                return held
+        held = self._next_held(key)
+        if held is not None:
+            return held
         dispatcher = self._dispatchers.get(key)
         if dispatcher is None:
             dispatcher = self._dispatchers[key] = _Dispatcher()
@@ -528,7 +534,7 @@ class RedisBroker(Broker):
         return taken
 
     async def take_nowait(self, key: str) -> Taken | None:
-        held = None if self._shared_waiting(key) else self._take_held(key)
+        held = self._next_held(key)
         if held is not None:
             return held
         queue, taking = self._k("q", key), self._k("taking", self._proc)
@@ -695,18 +701,11 @@ class RedisBroker(Broker):
         if self._hand_over_locally(taken.key, request):
             return
         # Never written to Redis: store it now, at the head of the queue (RH-30).
-        record = self._k("req", request.request_id)
-        ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
-        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(record, mapping=self._record(taken.key, request))
-            pipe.expire(record, ttl)
-            pipe.rpush(self._k("q", taken.key), request.request_id)
-            await pipe.execute()
-        self._note_shared(taken.key, request)
+        async with self._guard():
+            await self._store_and_push(taken.key, request, head=True)
 
     def _still_waiting(self, request: PublicRequest) -> bool:
-        future = self._pending.get(request.request_id)
-        return future is not None and not future.done() and request.deadline > now()
+        return self._is_pending(request.request_id) and request.deadline > now()
 
     async def redeliver(self, slot: str) -> PublicRequest | None:
         local = self._local_slots.get(slot)
@@ -742,9 +741,7 @@ class RedisBroker(Broker):
 
     async def route_reply(self, request: PublicRequest, reply: Reply) -> None:
         if request.origin == self._proc:  # the requestor is ours: no round trip through Redis
-            future = self._pending.get(request.request_id)
-            if future is not None and not future.done():
-                future.set_result(reply)
+            self._answer(request, reply)
             return
         packed = reply.pack()
         channel, stored = self._k("reply", request.origin), self._k("resp", request.request_id)

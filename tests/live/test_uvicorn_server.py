@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import signal
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -116,8 +117,6 @@ async def test_accepted_sockets_have_tcp_nodelay(uv_gateway):
 
 def _data_segments_in(sock: socket.socket) -> int:
     """``tcpi_data_segs_in`` of Linux's ``struct tcp_info``: segments received with data."""
-    import struct
-
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
     return struct.unpack_from("I", info, 152)[0]
 
