@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -112,18 +113,19 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 
 class GatewaySettings:
-    """Typed view of ``settings.REVERSEHTTP_GATEWAY`` that fills in defaults on every access.
+    """Typed view of ``settings.REVERSEHTTP_GATEWAY`` with its defaults filled in.
 
-    The dict itself is looked up once (settings access costs a ``LazyObject`` indirection, and
-    the relay path reads a dozen values per request) and again after Django's
-    ``setting_changed`` signal, which ``override_settings`` sends.
+    Each value is computed on first access and then kept as a plain attribute (the relay path
+    reads a dozen values per request; settings access costs a ``LazyObject`` indirection), until
+    Django's ``setting_changed`` signal, which ``override_settings`` sends, forgets them all.
     """
 
     def __init__(self) -> None:
         self._configured: dict[str, Any] | None = None
 
     def reload(self) -> None:
-        """Forget the cached dict: the next access reads ``settings`` again."""
+        """Forget every value: the next access reads ``settings`` again."""
+        self.__dict__.clear()
         self._configured = None
 
     def _get(self, name: str) -> Any:
@@ -137,159 +139,159 @@ class GatewaySettings:
     def configured_keys(self) -> set[str]:
         return set(getattr(settings, "REVERSEHTTP_GATEWAY", None) or {})
 
-    @property
+    @cached_property
     def BASE_URL(self) -> str:
         return str(self._get("BASE_URL")).rstrip("/")
 
-    @property
+    @cached_property
     def SERVICE_PATH(self) -> str:
         return "/" + str(self._get("SERVICE_PATH")).strip("/")
 
-    @property
+    @cached_property
     def SERVICE_URL(self) -> str:
         return self.BASE_URL + self.SERVICE_PATH
 
-    @property
+    @cached_property
     def PUBLIC_URL_MODE(self) -> str:
         return str(self._get("PUBLIC_URL_MODE"))
 
-    @property
+    @cached_property
     def PUBLIC_BASE_URL(self) -> str:
         return str(self._get("PUBLIC_BASE_URL") or self.BASE_URL).rstrip("/")
 
-    @property
+    @cached_property
     def VHOST_DOMAIN(self) -> str | None:
         value = self._get("VHOST_DOMAIN")
         return str(value).strip(".").lower() if value else None
 
-    @property
+    @cached_property
     def VHOST_HOSTNAME(self) -> str | None:
         """The vhost domain without its port, as matched against the Host header."""
         domain = self.VHOST_DOMAIN
         return urlsplit("//" + domain).hostname if domain else None
 
-    @property
+    @cached_property
     def BROKER(self) -> str:
         return str(self._get("BROKER"))
 
-    @property
+    @cached_property
     def REDIS_URL(self) -> str:
         return str(self._get("REDIS_URL"))
 
-    @property
+    @cached_property
     def REDIS_PREFIX(self) -> str:
         return str(self._get("REDIS_PREFIX"))
 
-    @property
+    @cached_property
     def POLL_TIMEOUT(self) -> float:
         return float(self._get("POLL_TIMEOUT"))
 
-    @property
+    @cached_property
     def NO_APP_TIMEOUT(self) -> float:
         return float(self._get("NO_APP_TIMEOUT"))
 
-    @property
+    @cached_property
     def LOCAL_QUEUE_SECONDS(self) -> float:
         return float(self._get("LOCAL_QUEUE_SECONDS"))
 
-    @property
+    @cached_property
     def REPLY_TIMEOUT(self) -> float:
         return float(self._get("REPLY_TIMEOUT"))
 
-    @property
+    @cached_property
     def DEFAULT_LEASE(self) -> int:
         return int(self._get("DEFAULT_LEASE"))
 
-    @property
+    @cached_property
     def MIN_LEASE(self) -> int:
         return int(self._get("MIN_LEASE"))
 
-    @property
+    @cached_property
     def MAX_LEASE(self) -> int:
         return int(self._get("MAX_LEASE"))
 
-    @property
+    @cached_property
     def MAX_BODY_SIZE(self) -> int:
         return int(self._get("MAX_BODY_SIZE"))
 
-    @property
+    @cached_property
     def ENROLMENT(self) -> str:
         return str(self._get("ENROLMENT"))
 
-    @property
+    @cached_property
     def HYPHEN_TOKEN(self) -> str:
         return str(self._get("HYPHEN_TOKEN"))
 
-    @property
+    @cached_property
     def STREAM_THRESHOLD(self) -> int:
         return int(self._get("STREAM_THRESHOLD"))
 
-    @property
+    @cached_property
     def STREAM_CHUNK_SIZE(self) -> int:
         return int(self._get("STREAM_CHUNK_SIZE"))
 
-    @property
+    @cached_property
     def STREAM_WINDOW(self) -> int:
         return int(self._get("STREAM_WINDOW"))
 
-    @property
+    @cached_property
     def MAX_STREAM_SIZE(self) -> int:
         return int(self._get("MAX_STREAM_SIZE"))
 
-    @property
+    @cached_property
     def MAX_QUEUED_PER_LABEL(self) -> int:
         return int(self._get("MAX_QUEUED_PER_LABEL"))
 
-    @property
+    @cached_property
     def MAX_POLLERS_PER_LABEL(self) -> int:
         return int(self._get("MAX_POLLERS_PER_LABEL"))
 
-    @property
+    @cached_property
     def REGISTRATIONS_PER_MINUTE(self) -> int:
         return int(self._get("REGISTRATIONS_PER_MINUTE"))
 
-    @property
+    @cached_property
     def MAX_HEADERS(self) -> int:
         return int(self._get("MAX_HEADERS"))
 
-    @property
+    @cached_property
     def MAX_HEADER_BYTES(self) -> int:
         return int(self._get("MAX_HEADER_BYTES"))
 
-    @property
+    @cached_property
     def MAX_HELD_CONNECTIONS(self) -> int:
         return int(self._get("MAX_HELD_CONNECTIONS"))
 
-    @property
+    @cached_property
     def IDLE_TIMEOUT(self) -> float:
         return float(self._get("IDLE_TIMEOUT"))
 
-    @property
+    @cached_property
     def PIPELINE_MAX(self) -> int:
         return int(self._get("PIPELINE_MAX"))
 
-    @property
+    @cached_property
     def RESERVED_LABELS(self) -> frozenset[str]:
         return frozenset(str(label).lower() for label in self._get("RESERVED_LABELS"))
 
-    @property
+    @cached_property
     def EXPIRY_INTERVAL(self) -> float:
         return float(self._get("EXPIRY_INTERVAL"))
 
-    @property
+    @cached_property
     def SHUTDOWN_TIMEOUT(self) -> float:
         return float(self._get("SHUTDOWN_TIMEOUT"))
 
-    @property
+    @cached_property
     def PTTH_LISTEN(self) -> str | None:
         value = self._get("PTTH_LISTEN")
         return str(value) if value not in (None, "") else None
 
-    @property
+    @cached_property
     def PTTH_FORWARDED(self) -> bool:
         return bool(self._get("PTTH_FORWARDED"))
 
-    @property
+    @cached_property
     def CORS_ALLOWED_ORIGINS(self) -> tuple[str, ...]:
         """Allowed origins, lower-cased; () when unset or malformed (check E008 reports it)."""
         value = self._get("CORS_ALLOWED_ORIGINS")
@@ -297,46 +299,46 @@ class GatewaySettings:
             return ()
         return tuple(str(origin).strip().lower() for origin in value)
 
-    @property
+    @cached_property
     def METRICS_TOKEN(self) -> str | None:
         """The metrics token; None when unset or not a non-empty string (check E009)."""
         value = self._get("METRICS_TOKEN")
         return value if isinstance(value, str) and value else None
 
-    @property
+    @cached_property
     def METRICS_PER_LABEL(self) -> bool:
         return bool(self._get("METRICS_PER_LABEL"))
 
-    @property
+    @cached_property
     def LOG_FORMAT(self) -> str:
         return str(self._get("LOG_FORMAT"))
 
-    @property
+    @cached_property
     def INSPECTOR_ENABLED(self) -> bool:
         return bool(self._get("INSPECTOR_ENABLED"))
 
-    @property
+    @cached_property
     def INSPECTOR_CAPTURE_BODIES(self) -> bool:
         return bool(self._get("INSPECTOR_CAPTURE_BODIES"))
 
-    @property
+    @cached_property
     def INSPECTOR_BODY_LIMIT(self) -> int:
         return int(self._get("INSPECTOR_BODY_LIMIT"))
 
-    @property
+    @cached_property
     def INSPECTOR_RETENTION(self) -> float:
         return float(self._get("INSPECTOR_RETENTION"))
 
-    @property
+    @cached_property
     def INSPECTOR_MAX_PER_LABEL(self) -> int:
         return int(self._get("INSPECTOR_MAX_PER_LABEL"))
 
-    @property
+    @cached_property
     def INSPECTOR_REDACT_HEADERS(self) -> frozenset[str]:
         names = self._get("INSPECTOR_REDACT_HEADERS") or ()
         return frozenset(str(name).strip().lower() for name in names)
 
-    @property
+    @cached_property
     def AUDIT_RETENTION(self) -> float | None:
         value = self._get("AUDIT_RETENTION")
         return float(value) if value not in (None, "") else None
