@@ -46,16 +46,21 @@ class Backlog:
         window = self.serving_window if within is None else within
         return last is not None and time.monotonic() - last < window
 
+    def may_hold(self, key: str, limit: int | None) -> bool:
+        """Whether :meth:`hold_request` would hold a request of ``key``: holding is on, ``key``
+        has local pollers, and fewer than ``limit`` requests are held."""
+        if self.hold <= 0 or not self.serving(key):
+            return False
+        return limit is None or len(self._held.get(key, ())) < limit
+
     def hold_request(self, key: str, request: PublicRequest, limit: int | None) -> bool:
         """Hold ``request`` for a local poller; False when it should go to the shared queue
-        (holding is off, ``key`` has no local pollers, or ``limit`` requests are held)."""
-        if self.hold <= 0 or not self.serving(key):
+        (see :meth:`may_hold`)."""
+        if not self.may_hold(key, limit):
             return False
         held = self._held.get(key)
         if held is None:
             held = self._held[key] = _Held()
-        elif limit is not None and len(held) >= limit:
-            return False
         timer = asyncio.get_running_loop().call_later(
             self.hold, self._expire, key, request.request_id
         )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgpack
 
@@ -113,6 +115,54 @@ class Activity:
     last_seen: float | None
 
 
+class Waiter(Protocol):
+    """A poller waiting for its next request: an ``asyncio.Future[Taken]`` (``take``) or a
+    :class:`Handoff` (the direct path). Brokers keep both in one FIFO (RH-70)."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Taken, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+    def cancel(self) -> bool: ...
+
+
+class Handoff:
+    """A :class:`Waiter` that calls back instead of waking a task (docs/direct-path.md).
+
+    ``deliver(handoff, taken)`` runs inside the broker's handover, synchronously; it must not
+    raise. ``fail(handoff, exception)`` gets ``RegistrationGone`` (RH-24). Once cancelled it
+    takes nothing.
+    """
+
+    __slots__ = ("_deliver", "_fail", "_done")
+
+    def __init__(
+        self,
+        deliver: Callable[[Handoff, Taken], None],
+        fail: Callable[[Handoff, BaseException], None],
+    ) -> None:
+        self._deliver = deliver
+        self._fail = fail
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: Taken, /) -> None:
+        self._done = True
+        self._deliver(self, result)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self._done = True
+        self._fail(self, exception)
+
+    def cancel(self) -> bool:
+        was_waiting, self._done = not self._done, True
+        return was_waiting
+
+
 def now() -> float:
     return time.time()
 
@@ -211,6 +261,38 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def activity(self, keys: list[str]) -> dict[str, Activity]: ...
+
+    # No-wait forms (docs/direct-path.md): complete at once without I/O, or decline.
+    def lookup_label_nowait(self, label: str) -> str | None:
+        """The key of ``label`` if known without I/O; None: unknown here (ask lookup_label)."""
+        return None
+
+    def enqueue_nowait(
+        self, key: str, request: PublicRequest, *, max_queued: int | None = None
+    ) -> Ticket | None:
+        """:meth:`enqueue` when it needs no I/O (a local poller, the local hold); None
+        otherwise. Raises QueueFull like enqueue."""
+        return None
+
+    def poll_nowait(self, key: str, waiter: Waiter) -> Taken | None:
+        """The next request of ``key`` if one is at hand without I/O; otherwise register
+        ``waiter`` (it gets the next one, like a ``take`` in progress) and return None.
+
+        Raises TooManyPollers as :meth:`take` does. Cancel ``waiter`` to stop waiting.
+        """
+        raise NotImplementedError
+
+    def bind_nowait(self, slot: str, taken: Taken) -> bool | None:
+        """:meth:`bind` with ``answered_here`` when it needs no I/O; None otherwise."""
+        return None
+
+    def claim_nowait(self, slot: str) -> PublicRequest | None:
+        """:meth:`claim` of a slot bound by :meth:`bind_nowait` (no I/O)."""
+        raise NotImplementedError
+
+    def route_reply_nowait(self, request: PublicRequest, reply: Reply) -> bool:
+        """:meth:`route_reply` when the requestor is held here; False otherwise."""
+        return False
 
     # Streams: a bounded byte channel per streamed body, between any two processes.
     @abc.abstractmethod

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import secrets
 
+from ..ids import new_id
 from ..waiting import wait_either
 from .base import (
     Activity,
@@ -18,6 +18,7 @@ from .base import (
     Taken,
     Ticket,
     TooManyPollers,
+    Waiter,
     now,
 )
 
@@ -39,8 +40,8 @@ class MemoryBroker(Broker):
         self._queues: dict[str, collections.deque[PublicRequest]] = collections.defaultdict(
             collections.deque
         )
-        self._waiters: dict[str, collections.deque[asyncio.Future[Taken]]] = (
-            collections.defaultdict(collections.deque)
+        self._waiters: dict[str, collections.deque[Waiter]] = collections.defaultdict(
+            collections.deque
         )
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._live: dict[str, PublicRequest] = {}
@@ -77,6 +78,9 @@ class MemoryBroker(Broker):
     async def lookup_label(self, label: str) -> str | None:
         return self._labels.get(label)
 
+    def lookup_label_nowait(self, label: str) -> str | None:
+        return self._labels.get(label)
+
     async def lookup_key(self, key: str) -> str | None:
         return self._keys.get(key)
 
@@ -86,9 +90,14 @@ class MemoryBroker(Broker):
     async def enqueue(
         self, key: str, request: PublicRequest, *, max_queued: int | None = None
     ) -> Ticket:
+        return self.enqueue_nowait(key, request, max_queued=max_queued)
+
+    def enqueue_nowait(
+        self, key: str, request: PublicRequest, *, max_queued: int | None = None
+    ) -> Ticket:
         if max_queued is not None and len(self._queues.get(key, ())) >= max_queued:
             raise QueueFull
-        request.request_id = secrets.token_hex(16)
+        request.request_id = new_id()
         request.key = key
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request.request_id] = future
@@ -126,17 +135,10 @@ class MemoryBroker(Broker):
         return False
 
     async def take(self, key: str, timeout: float, disconnected: asyncio.Event) -> Taken | None:
-        self._seen[key] = now()
-        queue = self._queues.get(key)
-        while queue:
-            request = queue.popleft()
-            if self._is_live(request):
-                return Taken(key, request)
-        waiters = self._waiters[key]
-        if sum(1 for w in waiters if not w.done()) >= self.max_pollers:
-            raise TooManyPollers
         waiter: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
-        waiters.append(waiter)
+        taken = self.poll_nowait(key, waiter)
+        if taken is not None:
+            return taken
         try:
             await wait_either(waiter, disconnected, timeout)
         finally:
@@ -149,6 +151,19 @@ class MemoryBroker(Broker):
             await self.put_back(taken)
             return None
         return taken
+
+    def poll_nowait(self, key: str, waiter: Waiter) -> Taken | None:
+        self._seen[key] = now()
+        queue = self._queues.get(key)
+        while queue:
+            request = queue.popleft()
+            if self._is_live(request):
+                return Taken(key, request)
+        waiters = self._waiters[key]
+        if sum(1 for w in waiters if not w.done()) >= self.max_pollers:
+            raise TooManyPollers
+        waiters.append(waiter)
+        return None
 
     async def take_nowait(self, key: str) -> Taken | None:
         queue = self._queues.get(key)
@@ -164,6 +179,9 @@ class MemoryBroker(Broker):
     async def bind(
         self, slot: str, taken: Taken, reply_timeout: float, *, answered_here: bool = False
     ) -> bool:
+        return self.bind_nowait(slot, taken)
+
+    def bind_nowait(self, slot: str, taken: Taken) -> bool:
         current = self._slots.get(slot)
         if current is not None and current in self._live:
             return False
@@ -184,6 +202,9 @@ class MemoryBroker(Broker):
         return request if request is not None and self._is_live(request) else None
 
     async def claim(self, slot: str) -> PublicRequest | None:
+        return self.claim_nowait(slot)
+
+    def claim_nowait(self, slot: str) -> PublicRequest | None:
         request_id = self._slots.pop(slot, None)
         if request_id is None:
             return None
@@ -193,9 +214,13 @@ class MemoryBroker(Broker):
         return request
 
     async def route_reply(self, request: PublicRequest, reply: Reply) -> None:
+        self.route_reply_nowait(request, reply)
+
+    def route_reply_nowait(self, request: PublicRequest, reply: Reply) -> bool:
         future = self._pending.get(request.request_id)
         if future is not None and not future.done():
             future.set_result(reply)
+        return True
 
     async def activity(self, keys: list[str]) -> dict[str, Activity]:
         return {

@@ -32,6 +32,8 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Coroutine
+from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
@@ -39,6 +41,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ..ids import new_id
 from ..waiting import wait_either
 from .backlog import Backlog
 from .base import (
@@ -53,6 +56,7 @@ from .base import (
     Taken,
     Ticket,
     TooManyPollers,
+    Waiter,
     now,
 )
 from .memory import QUEUE_GONE_MESSAGE
@@ -128,7 +132,7 @@ class _Dispatcher:
     __slots__ = ("waiters", "task", "last_heartbeat")
 
     def __init__(self) -> None:
-        self.waiters: collections.deque[asyncio.Future[Taken]] = collections.deque()
+        self.waiters: collections.deque[Waiter] = collections.deque()
         self.task: asyncio.Task[None] | None = None
         self.last_heartbeat = 0.0
 
@@ -169,7 +173,7 @@ class RedisBroker(Broker):
         self._seen_written: dict[str, float] = {}
         self._dispatchers: dict[str, _Dispatcher] = {}
         self._backlog = Backlog(local_hold, self._spill)
-        self._spilling: set[asyncio.Task[None]] = set()  # held references (asyncio's advice)
+        self._background: set[asyncio.Task[None]] = set()  # held references (asyncio's advice)
         # Per key, requests of this process's requestors that went to the shared queue while the
         # key's pollers were served here: older than anything held, so served before it.
         self._shared: dict[str, set[str]] = {}
@@ -316,11 +320,15 @@ class RedisBroker(Broker):
                         request, Reply.error(503, QUEUE_GONE_MESSAGE, retry_after=5)
                     )
 
-    async def lookup_label(self, label: str) -> str | None:
+    def lookup_label_nowait(self, label: str) -> str | None:
         cached = self._labels.get(label)
+        return cached[0] if cached is not None and cached[1] > now() else None
+
+    async def lookup_label(self, label: str) -> str | None:
+        key = self.lookup_label_nowait(label)
+        if key is not None:
+            return key
         moment = now()
-        if cached is not None and cached[1] > moment:
-            return cached[0]
         async with self._guard():
             value = await self._redis.get(self._k("label", label))
         if not value:
@@ -345,16 +353,13 @@ class RedisBroker(Broker):
     async def enqueue(
         self, key: str, request: PublicRequest, *, max_queued: int | None = None
     ) -> Ticket:
-        request.request_id = secrets.token_hex(16)
+        ticket = self.enqueue_nowait(key, request, max_queued=max_queued)
+        if ticket is not None:
+            return ticket
+        request.request_id = new_id()
         request.origin = self._proc
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request.request_id] = future
-        if not request.body_stream and (
-            self._hand_over_locally(key, request)
-            or self._backlog.hold_request(key, request, max_queued)
-        ):
-            request.key = key
-            return Ticket(key, request.request_id, future)
         try:
             async with self._guard():
                 queued = await self._store_and_push(key, request)
@@ -365,6 +370,26 @@ class RedisBroker(Broker):
             self._pending.pop(request.request_id, None)
             raise
         return Ticket(key, request.request_id, future)
+
+    def enqueue_nowait(
+        self, key: str, request: PublicRequest, *, max_queued: int | None = None
+    ) -> Ticket | None:
+        if request.body_stream or not (
+            self._has_local_waiter(key) or self._backlog.may_hold(key, max_queued)
+        ):
+            return None
+        request.request_id = new_id()
+        request.origin = self._proc
+        request.key = key
+        future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request.request_id] = future
+        if not self._hand_over_locally(key, request):
+            self._backlog.hold_request(key, request, max_queued)
+        return Ticket(key, request.request_id, future)
+
+    def _has_local_waiter(self, key: str) -> bool:
+        dispatcher = self._dispatchers.get(key)
+        return dispatcher is not None and dispatcher.has_waiters()
 
     def _hand_over_locally(self, key: str, request: PublicRequest) -> bool:
         """Give ``request`` to a poller of ``key`` waiting in this process, if one is."""
@@ -427,9 +452,7 @@ class RedisBroker(Broker):
     def _spill(self, key: str, request: PublicRequest) -> None:
         """A held request no local poller took in time: to the shared queue (backlog.py)."""
         if self._still_waiting(request):
-            task = asyncio.ensure_future(self._push_spilled(key, request))
-            self._spilling.add(task)
-            task.add_done_callback(self._spilling.discard)
+            self._in_background(self._push_spilled(key, request))
 
     async def _push_spilled(self, key: str, request: PublicRequest) -> None:
         try:
@@ -508,19 +531,10 @@ class RedisBroker(Broker):
 
     # Poll side --------------------------------------------------------------------------
     async def take(self, key: str, timeout: float, disconnected: asyncio.Event) -> Taken | None:
-        self._backlog.polled(key)
-        held = self._next_held(key)
+        waiter: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
+        held = self.poll_nowait(key, waiter)
         if held is not None:
             return held
-        dispatcher = self._dispatchers.get(key)
-        if dispatcher is None:
-            dispatcher = self._dispatchers[key] = _Dispatcher()
-        if sum(1 for w in dispatcher.waiters if not w.done()) >= self.max_pollers:
-            raise TooManyPollers
-        waiter: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
-        dispatcher.waiters.append(waiter)
-        if dispatcher.task is None or dispatcher.task.done():
-            dispatcher.task = asyncio.ensure_future(self._dispatch(key, dispatcher))
         await wait_either(waiter, disconnected, timeout)
         if not waiter.done():
             waiter.cancel()
@@ -532,6 +546,21 @@ class RedisBroker(Broker):
             await self.put_back(taken)
             return None
         return taken
+
+    def poll_nowait(self, key: str, waiter: Waiter) -> Taken | None:
+        self._backlog.polled(key)
+        held = self._next_held(key)
+        if held is not None:
+            return held
+        dispatcher = self._dispatchers.get(key)
+        if dispatcher is None:
+            dispatcher = self._dispatchers[key] = _Dispatcher()
+        if sum(1 for w in dispatcher.waiters if not w.done()) >= self.max_pollers:
+            raise TooManyPollers
+        dispatcher.waiters.append(waiter)
+        if dispatcher.task is None or dispatcher.task.done():
+            dispatcher.task = asyncio.ensure_future(self._dispatch(key, dispatcher))
+        return None
 
     async def take_nowait(self, key: str) -> Taken | None:
         held = self._next_held(key)
@@ -645,12 +674,10 @@ class RedisBroker(Broker):
         self, slot: str, taken: Taken, reply_timeout: float, *, answered_here: bool = False
     ) -> bool:
         request = taken.request
-        if taken.local and answered_here:
-            if slot in self._local_slots:
-                return False
-            self._local_slots[slot] = request
-            await self._touch_seen(taken.key)
-            return True
+        if answered_here:
+            bound = self.bind_nowait(slot, taken)
+            if bound is not None:
+                return bound
         ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
         moment = repr(now())
         if taken.local:
@@ -681,14 +708,32 @@ class RedisBroker(Broker):
             self._seen_written[taken.key] = now()
         return bool(bound)
 
-    async def _touch_seen(self, key: str) -> None:
+    def bind_nowait(self, slot: str, taken: Taken) -> bool | None:
+        if not taken.local:
+            return None  # popped from the shared queue: its slot must be visible in Redis
+        if slot in self._local_slots:
+            return False
+        self._local_slots[slot] = taken.request
+        self._touch_seen(taken.key)
+        return True
+
+    def _touch_seen(self, key: str) -> None:
         """Poller activity of ``key`` for other processes (RH-07, RH-64), once a second."""
         moment = now()
         if moment - self._seen_written.get(key, 0.0) < SEEN_INTERVAL:
             return
         self._seen_written[key] = moment
-        with contextlib.suppress(RedisError):
+        self._in_background(self._write_seen(key, moment))
+
+    async def _write_seen(self, key: str, moment: float) -> None:
+        with contextlib.suppress(RedisError, OSError):
             await self._redis.set(self._k("seen", key), repr(moment))
+
+    def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run ``coroutine`` in a task this broker holds a reference to (asyncio's advice)."""
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def put_back(self, taken: Taken) -> None:
         request = taken.request
@@ -715,10 +760,13 @@ class RedisBroker(Broker):
             request_id = await self._redis.get(self._k("slot", slot))
             return await self._load(request_id.decode()) if request_id else None
 
-    async def claim(self, slot: str) -> PublicRequest | None:
+    def claim_nowait(self, slot: str) -> PublicRequest | None:
         local_slot = self._local_slots.pop(slot, None)
-        if local_slot is not None:
-            return local_slot if self._still_waiting(local_slot) else None
+        return local_slot if local_slot is not None and self._still_waiting(local_slot) else None
+
+    async def claim(self, slot: str) -> PublicRequest | None:
+        if slot in self._local_slots:
+            return self.claim_nowait(slot)
         held = self._bound.pop(slot, None)
         async with self._guard():
             result = await self._redis.eval(
@@ -739,9 +787,14 @@ class RedisBroker(Broker):
             return held if held.request_id == request_id else None
         return self._from_hash(request_id, dict(zip(flat[::2], flat[1::2], strict=True)))
 
+    def route_reply_nowait(self, request: PublicRequest, reply: Reply) -> bool:
+        if request.origin != self._proc:
+            return False
+        self._answer(request, reply)  # the requestor is ours: no round trip through Redis
+        return True
+
     async def route_reply(self, request: PublicRequest, reply: Reply) -> None:
-        if request.origin == self._proc:  # the requestor is ours: no round trip through Redis
-            self._answer(request, reply)
+        if self.route_reply_nowait(request, reply):
             return
         packed = reply.pack()
         channel, stored = self._k("reply", request.origin), self._k("resp", request.request_id)
