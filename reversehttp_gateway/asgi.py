@@ -40,6 +40,29 @@ def _public_label(scope: Scope) -> str | None:
     return first
 
 
+def is_service_path(path: str) -> bool:
+    """Whether ``path`` is the Service URL or below it (registration, private URLs)."""
+    service_path = gateway_settings.SERVICE_PATH
+    return path == service_path or path.startswith(service_path + "/")
+
+
+def is_metrics(scope: Scope, label: str | None) -> bool:
+    """``/metrics`` for Prometheus (metrics.py); in vhost mode only on the gateway's own host."""
+    return (
+        scope["path"] == "/metrics"
+        and bool(gateway_settings.METRICS_TOKEN)
+        and (label is None or gateway_settings.PUBLIC_URL_MODE == "path")
+    )
+
+
+def public_traffic_label(scope: Scope) -> str | None:
+    """The label an HTTP request is public traffic for, or None (gateway endpoints, the site)."""
+    if is_service_path(scope["path"]):
+        return None
+    label = _public_label(scope)
+    return None if label is None or is_metrics(scope, label) else label
+
+
 class GatewayApplication:
     """ASGI callable: lifespan, gateway HTTP endpoints, and fallback to the wrapped app."""
 
@@ -50,7 +73,7 @@ class GatewayApplication:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
-        if scope["type"] == "websocket" and self._is_service(scope["path"]):
+        if scope["type"] == "websocket" and is_service_path(scope["path"]):
             await self._websocket(scope, receive, send)
             return
         if scope["type"] != "http":
@@ -58,13 +81,9 @@ class GatewayApplication:
             return
         path: str = scope["path"]
         service_path = gateway_settings.SERVICE_PATH
-        is_service = path == service_path or path.startswith(service_path + "/")
+        is_service = is_service_path(path)
         label = None if is_service else _public_label(scope)
-        if (  # Prometheus (metrics.py); in vhost mode only on the gateway's own host
-            path == "/metrics"
-            and gateway_settings.METRICS_TOKEN
-            and (label is None or gateway_settings.PUBLIC_URL_MODE == "path")
-        ):
+        if is_metrics(scope, label):
             from . import metrics
 
             await metrics.serve(scope, receive, send)
@@ -103,11 +122,6 @@ class GatewayApplication:
             await respond_error(send, 503, "The gateway's database is unavailable", retry_after=5)
         finally:
             runtime.held -= 1
-
-    @staticmethod
-    def _is_service(path: str) -> bool:
-        service_path = gateway_settings.SERVICE_PATH
-        return path == service_path or path.startswith(service_path + "/")
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``…/r/<label>/<secret>/ws``: the multiplexed WebSocket transport."""

@@ -13,7 +13,6 @@ import collections
 import contextlib
 import functools
 import logging
-import secrets
 import time
 
 from django.core.signals import setting_changed
@@ -32,6 +31,7 @@ from .http import (
     respond_error,
     watch_disconnect,
 )
+from .ids import new_id
 from .protocol.client_address import format_requesting_client
 from .protocol.embedded_request import build_embedded_request
 from .queue.base import Broker, PublicRequest, QueueFull, Reply, StreamAborted, now
@@ -42,6 +42,7 @@ access_log = logging.getLogger("reversehttp_gateway.access")
 logger = logging.getLogger(__name__)
 
 TOO_LARGE = "Request body too large"
+QUEUE_FULL_MESSAGE = "Too many requests are waiting for this application"
 READ_AHEAD_CHUNKS = 2  # streamed reply chunks read from the broker ahead of the requestor
 
 
@@ -62,13 +63,13 @@ def _default_host(scope: Scope) -> bytes:
     return b"localhost"
 
 
-def _declared_length(scope: Scope) -> int | None:
+def declared_length(scope: Scope) -> int | None:
     value = header(scope, b"content-length")
     return int(value) if value is not None and value.strip().isdigit() else None
 
 
-class _Outcome:
-    """What ``_relay`` did, for the access log and the relay observers."""
+class Outcome:
+    """What a relay did, for the access log and the relay observers (:func:`record`)."""
 
     __slots__ = ("status", "reply", "request", "request_bytes")
 
@@ -82,57 +83,62 @@ class _Outcome:
 async def handle(scope: Scope, receive: Receive, send: Send, broker: Broker, label: str) -> int:
     """Relay one public request for ``label``; returns the status sent."""
     started_at, started = time.time(), time.monotonic()
-    outcome = _Outcome()
+    outcome = Outcome()
     try:
         outcome.status = await _relay(scope, receive, send, broker, label, outcome)
     finally:
-        duration = time.monotonic() - started
-        reply = outcome.reply
-        client = format_requesting_client(scope.get("client")) or "-"
-        target = _raw_target(scope).decode("latin-1")
-        transport = (reply.via if reply is not None else "") or "gateway"
-        response_bytes = len(reply.body) if reply is not None else 0
-        access_log.info(
-            '%s "%s %s" label=%s status=%s transport=%s in=%d out=%d %.1fms',
-            client,
-            scope["method"],
-            target,
-            label,
-            outcome.status,
-            transport,
-            outcome.request_bytes,
-            response_bytes,
-            duration * 1000,
-            extra={  # fields of a JSON log line (logformat.py)
-                "label": label,
-                "method": scope["method"],
-                "target": target,
-                "status": outcome.status,
-                "transport": transport,
-                "duration_ms": round(duration * 1000, 1),
-                "bytes_in": outcome.request_bytes,
-                "bytes_out": response_bytes,
-                "client": client,
-            },
-        )
-        events.publish(
-            events.RelayRecord(
-                label=label,
-                method=scope["method"],
-                target=target,
-                status=outcome.status,
-                transport=transport,
-                started_at=started_at,
-                duration=duration,
-                requesting_client=client,
-                request_bytes=outcome.request_bytes,
-                response_bytes=response_bytes,
-                request_envelope=outcome.request.envelope if outcome.request else b"",
-                response_headers=reply.headers if reply is not None else [],
-                response_body=reply.body if reply is not None else b"",
-            )
-        )
+        record(scope, label, outcome, started_at, started)
     return outcome.status
+
+
+def record(scope: Scope, label: str, outcome: Outcome, started_at: float, started: float) -> None:
+    """The access log line and the relay record (metrics, inspector) of a finished request."""
+    duration = time.monotonic() - started
+    reply = outcome.reply
+    client = format_requesting_client(scope.get("client")) or "-"
+    target = _raw_target(scope).decode("latin-1")
+    transport = (reply.via if reply is not None else "") or "gateway"
+    response_bytes = len(reply.body) if reply is not None else 0
+    access_log.info(
+        '%s "%s %s" label=%s status=%s transport=%s in=%d out=%d %.1fms',
+        client,
+        scope["method"],
+        target,
+        label,
+        outcome.status,
+        transport,
+        outcome.request_bytes,
+        response_bytes,
+        duration * 1000,
+        extra={  # fields of a JSON log line (logformat.py)
+            "label": label,
+            "method": scope["method"],
+            "target": target,
+            "status": outcome.status,
+            "transport": transport,
+            "duration_ms": round(duration * 1000, 1),
+            "bytes_in": outcome.request_bytes,
+            "bytes_out": response_bytes,
+            "client": client,
+        },
+    )
+    events.publish(
+        events.RelayRecord(
+            label=label,
+            method=scope["method"],
+            target=target,
+            status=outcome.status,
+            transport=transport,
+            started_at=started_at,
+            duration=duration,
+            requesting_client=client,
+            request_bytes=outcome.request_bytes,
+            response_bytes=response_bytes,
+            request_envelope=outcome.request.envelope if outcome.request else b"",
+            response_headers=reply.headers if reply is not None else [],
+            response_body=reply.body if reply is not None else b"",
+        )
+    )
 
 
 @functools.cache
@@ -174,7 +180,7 @@ def _without_gateway_cookie_header(
     return kept
 
 
-def _without_gateway_cookies(reply: Reply | None) -> Reply | None:
+def without_gateway_cookies(reply: Reply | None) -> Reply | None:
     """Drop ``Set-Cookie`` of the gateway's own cookie names (session fixation, RH-93)."""
     if reply is None or not reply.via:
         return reply
@@ -264,8 +270,55 @@ async def _pump(
         return False  # nobody reads the body (the request timed out or its reader left)
 
 
+def refusal(scope: Scope) -> tuple[int, str] | None:
+    """Why a public request cannot be relayed at all (status, message), judged by its head."""
+    if scope["method"] == "CONNECT" or header(scope, b"upgrade") is not None:
+        return 501, "Upgrade and CONNECT cannot be relayed"  # RH-40
+    headers = scope["headers"]
+    if (
+        len(headers) > gateway_settings.MAX_HEADERS
+        or sum(len(n) + len(v) + 4 for n, v in headers) > gateway_settings.MAX_HEADER_BYTES
+    ):
+        return 431, "Request header fields too large"
+    if format_requesting_client(scope.get("client")) is None:
+        return 400, "Could not determine your IP address"  # RH-61
+    declared = declared_length(scope)
+    if declared is not None and declared > max(
+        gateway_settings.MAX_STREAM_SIZE, gateway_settings.MAX_BODY_SIZE
+    ):
+        return 413, TOO_LARGE
+    return None
+
+
+def public_request(scope: Scope, body: bytes, *, ended: bool = True) -> PublicRequest:
+    """The queued form of a public request whose body (or its first part) is ``body``.
+
+    Raises:
+        ValueError: the request cannot be written as a ``message/http`` envelope (400).
+    """
+    envelope = build_embedded_request(
+        method=scope["method"],
+        target=_raw_target(scope),
+        http_version=scope.get("http_version", "1.1"),
+        headers=_without_gateway_cookie_header(scope["headers"]),
+        body=body if ended else b"",
+        default_host=_default_host(scope),
+        streamed=not ended,
+    )
+    client = format_requesting_client(scope.get("client"))
+    assert client is not None  # refusal() answered 400 otherwise
+    return PublicRequest(
+        envelope=envelope,
+        requesting_client=client,
+        method=scope["method"],
+        deadline=now() + gateway_settings.REPLY_TIMEOUT,
+        body_stream="" if ended else "q" + new_id(),
+        body_length=None if ended else declared_length(scope),
+    )
+
+
 async def _relay(
-    scope: Scope, receive: Receive, send: Send, broker: Broker, label: str, outcome: _Outcome
+    scope: Scope, receive: Receive, send: Send, broker: Broker, label: str, outcome: Outcome
 ) -> int:
     from .runtime import runtime
 
@@ -282,30 +335,16 @@ async def _relay(
     if key is None:
         await respond_error(send, 404, "No application is registered at this address")  # RH-62
         return 404
+    refused = refusal(scope)
+    if refused is not None:
+        status, message = refused
+        close = [(b"connection", b"close")] if status == 413 else []
+        await respond_error(send, status, message, headers=close)
+        return status
     method = scope["method"]
-    if method == "CONNECT" or header(scope, b"upgrade") is not None:
-        await respond_error(send, 501, "Upgrade and CONNECT cannot be relayed")  # RH-40
-        return 501
-    headers = scope["headers"]
-    if (
-        len(headers) > gateway_settings.MAX_HEADERS
-        or sum(len(n) + len(v) + 4 for n, v in headers) > gateway_settings.MAX_HEADER_BYTES
-    ):
-        await respond_error(send, 431, "Request header fields too large")
-        return 431
-    requesting_client = format_requesting_client(scope.get("client"))
-    if requesting_client is None:
-        await respond_error(send, 400, "Could not determine your IP address")  # RH-61
-        return 400
-    declared = _declared_length(scope)
-    threshold = gateway_settings.STREAM_THRESHOLD
-    if declared is not None and declared > max(
-        gateway_settings.MAX_STREAM_SIZE, gateway_settings.MAX_BODY_SIZE
-    ):
-        await respond_error(send, 413, TOO_LARGE, headers=[(b"connection", b"close")])
-        return 413
+    declared = declared_length(scope)
     try:
-        chunks, ended = await _read_head_of_body(receive, threshold)
+        chunks, ended = await _read_head_of_body(receive, gateway_settings.STREAM_THRESHOLD)
     except ClientDisconnected:
         return 499
     body = b"".join(chunks) if ended else b""
@@ -314,26 +353,10 @@ async def _relay(
         await respond_error(send, 413, TOO_LARGE, headers=[(b"connection", b"close")])
         return 413
     try:
-        envelope = build_embedded_request(
-            method=method,
-            target=_raw_target(scope),
-            http_version=scope.get("http_version", "1.1"),
-            headers=_without_gateway_cookie_header(headers),
-            body=body,
-            default_host=_default_host(scope),
-            streamed=not ended,
-        )
+        request = public_request(scope, body, ended=ended)
     except ValueError as exc:
         await respond_error(send, 400, f"Request cannot be relayed: {exc}")
         return 400
-    request = PublicRequest(
-        envelope=envelope,
-        requesting_client=requesting_client,
-        method=method,
-        deadline=now() + gateway_settings.REPLY_TIMEOUT,
-        body_stream="" if ended else "q" + secrets.token_hex(16),
-        body_length=None if ended else declared,
-    )
     outcome.request = request
     body_read: asyncio.Event | None = None
     if ended:
@@ -348,16 +371,14 @@ async def _relay(
         try:
             reply = await relay_with_settings(broker, key, request, gone)
         except QueueFull:
-            await respond_error(
-                send, 503, "Too many requests are waiting for this application", retry_after=5
-            )
+            await respond_error(send, 503, QUEUE_FULL_MESSAGE, retry_after=5)
             return 503
-        reply = _without_gateway_cookies(reply)
+        reply = without_gateway_cookies(reply)
         if reply is None:
             return 499
         outcome.reply = reply
         if reply.stream:
-            await _send_streamed(
+            await send_streamed(
                 send, broker, reply, gone, head=method == "HEAD", body_read=body_read
             )
         else:
@@ -371,7 +392,7 @@ async def _relay(
                 await broker.stream_discard(request.body_stream)
 
 
-async def _send_streamed(
+async def send_streamed(
     send: Send,
     broker: Broker,
     reply: Reply,

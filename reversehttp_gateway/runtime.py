@@ -66,6 +66,16 @@ class Runtime:
             raise RuntimeError("The gateway runtime is not started")
         return self._broker
 
+    def started_broker(self) -> Broker | None:
+        """The broker if the runtime has started on the running loop, else None (no waiting)."""
+        broker = self._broker
+        if broker is None:
+            return None
+        try:
+            return broker if asyncio.get_running_loop() is self._loop else None
+        except RuntimeError:
+            return None
+
     async def ensure_started(self) -> Broker:
         loop = asyncio.get_running_loop()
         if self._broker is not None and self._loop is loop:

@@ -24,18 +24,28 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http import h11_impl
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State as WsState
 
 from .conf import gateway_settings
+from .public_direct import DirectExchange, exchange_for
 from .server import ServingBase
+from .transports.websocket import DIRECT_EXTENSION, ChannelClosed
 
 try:
     from uvicorn.protocols.http import httptools_impl
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.protocols.http.httptools_impl import (
+        HEADER_RE,
+        HEADER_VALUE_RE,
+        STATUS_LINE,
+        HttpToolsProtocol,
+    )
 except ImportError:  # uvicorn without the [standard] extra
     httptools_impl = None  # type: ignore[assignment]
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
@@ -280,11 +290,172 @@ if HttpToolsProtocol is not None:
     _CYCLES.append(_HttpToolsCycle)
 
     class GatewayHttpToolsProtocol(_GatewayProtocol, HttpToolsProtocol):
-        """uvicorn's httptools (llhttp) protocol with the gateway's limits."""
+        """uvicorn's httptools (llhttp) protocol with the gateway's limits, and the direct path
+        for public requests (docs/direct-path.md): a request that may go direct starts no ASGI
+        task; its :class:`~.public_direct.DirectExchange` gets the body and answers through
+        :class:`_CycleWriter`, or declines and the ASGI task starts after all."""
+
+        # The request started on the direct path whose body is still arriving, and the one
+        # whose response is not complete (the same request, or the previous one).
+        _pending_direct: tuple[Any, DirectExchange, Any] | None = None
+        _direct: tuple[Any, DirectExchange] | None = None
 
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
             self._canonical_cycle()
+
+        def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+            exchange = None if cycle.waiting_for_100_continue else exchange_for(cycle.scope)
+            if exchange is None:
+                super()._start_asgi_task(cycle, app)
+                return
+            self._pending_direct = (cycle, exchange, app)
+            if not cycle.more_body:
+                self._begin_direct()
+
+        def on_body(self, body: bytes) -> None:
+            super().on_body(body)
+            pending = self._pending_direct
+            if pending is not None and pending[0] is self.cycle and self.flow.read_paused:
+                self.flow.resume_reading()  # no ASGI receive() resumes it: the body is ours
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            pending = self._pending_direct
+            if pending is not None and pending[0] is self.cycle:
+                self._begin_direct()
+
+        def _begin_direct(self) -> None:
+            pending, self._pending_direct = self._pending_direct, None
+            assert pending is not None
+            cycle, exchange, app = pending
+            body, cycle.body = bytes(cycle.body), bytearray()
+            if exchange.start(body, _CycleWriter(self.transport, cycle)):
+                if not cycle.response_complete:
+                    self._direct = (cycle, exchange)
+                return
+            cycle.body = bytearray(body)  # declined: the ASGI path reads it
+            super()._start_asgi_task(cycle, app)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            direct, self._direct = self._direct, None
+            if direct is not None and not direct[0].response_complete:
+                direct[1].client_left()
+
+
+class _CycleWriter:
+    """Writes a direct exchange's response through uvicorn's cycle bookkeeping (keep-alive,
+    pipelining, ``Connection: close``), as uvicorn's ``send`` and :class:`_HeadWriter` would:
+    one write, header names in Twisted's spelling."""
+
+    __slots__ = ("transport", "cycle", "send")
+
+    def __init__(self, transport: asyncio.Transport, cycle: Any) -> None:
+        self.transport = transport
+        self.cycle = cycle
+        self.send = cycle.send  # streamed replies go through the ASGI send
+
+    def write_whole(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, *, head: bool
+    ) -> None:
+        cycle = self.cycle
+        if cycle.disconnected or cycle.response_started:
+            return
+        lines = [STATUS_LINE.get(status) or b"HTTP/1.1 %d \r\n" % status]
+        keep_alive = cycle.keep_alive
+        close_sent = False
+        for name, value in [*cycle.default_headers, *headers]:
+            if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
+                logger.warning("Dropping an invalid response header %r", name)
+                continue
+            lowered = name.lower()
+            if lowered == b"content-length":
+                continue
+            if lowered == b"connection" and b"close" in [
+                token.strip().lower() for token in value.split(b",")
+            ]:
+                keep_alive, close_sent = False, True
+            lines.append(b"%s: %s\r\n" % (canonical_name(lowered), value))
+        if status >= 200 and status not in (204, 304):
+            lines.append(b"Content-Length: %d\r\n" % len(body))
+        if not keep_alive and not close_sent:
+            lines.append(b"Connection: close\r\n")
+        lines.append(b"\r\n")
+        if not head and body:
+            lines.append(body)
+        cycle.keep_alive = keep_alive
+        cycle.response_started = cycle.response_complete = True
+        cycle.waiting_for_100_continue = False
+        self.transport.write(b"".join(lines))
+        cycle.message_event.set()
+        if not keep_alive:
+            self.transport.close()
+        cycle.on_response()
+
+
+class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol (websockets' sans-I/O implementation), offering the
+    application's transport a :class:`~.transports.websocket.DirectSocket`: binary messages go
+    to ``on_message`` as they are parsed (no ``receive()`` queue, no pause and resume of reading
+    around each), and ``write`` queues frames that leave together at the end of the event-loop
+    turn (one ``write`` for all frames of a turn; uvicorn's own writes send them first)."""
+
+    on_message: Callable[[bytes], None] | None = None
+    _flush_scheduled = False
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        if self.response.status_code == 101:
+            self.scope["extensions"][DIRECT_EXTENSION] = self
+
+    def send_receive_event_to_app(self) -> None:
+        handler = self.on_message
+        if handler is None or self.curr_msg_data_type != "bytes" or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        try:
+            handler(data)
+        except Exception:
+            logger.exception("WebSocket message handling failed; closing the connection")
+            self.on_message = None
+            self.conn.fail(1011, "internal error")
+            self._flush()
+            self.transport.close()
+
+    @property
+    def open(self) -> bool:
+        return not (self.disconnected or self.close_sent) and self.conn.state is WsState.OPEN
+
+    def write(self, data: bytes) -> None:
+        if not self.open:
+            raise ChannelClosed
+        self.conn.send_binary(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        output = self.conn.data_to_send()
+        if output and not self.transport.is_closing():
+            self.transport.write(b"".join(output))
+
+    async def drain(self) -> None:
+        self._flush()
+        await self.writable.wait()
+        if self.disconnected:
+            raise ChannelClosed
+
+    def pause_reading(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.read_paused and not self.transport.is_closing():
+            self.transport.resume_reading()
 
 
 def http_protocol() -> type[asyncio.Protocol]:
@@ -347,7 +518,7 @@ class UvicornGatewayServer(ServingBase):
             host=self.host,
             port=self.port,
             http=http_protocol(),
-            ws="auto",  # websockets (a dependency): its sans-I/O implementation
+            ws=GatewayWebSocketProtocol,  # websockets' sans-I/O implementation, direct I/O
             ws_max_size=ws_max,
             ws_per_message_deflate=False,  # as Daphne: no compression of relayed bodies
             ws_ping_interval=20.0,

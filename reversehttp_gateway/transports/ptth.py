@@ -22,7 +22,6 @@ import contextlib
 import http
 import logging
 import re
-import secrets
 import socket
 import time
 from collections.abc import Iterable
@@ -33,6 +32,7 @@ from django.db import DatabaseError
 from .. import capabilities
 from ..addresses import RegistrationAddress
 from ..conf import gateway_settings
+from ..ids import new_id
 from ..protocol.embedded_request import HOP_BY_HOP, hop_by_hop_names
 from ..protocol.embedded_response import MAX_HEAD_BYTES, relayable_response
 from ..queue.base import (
@@ -592,7 +592,7 @@ class ReversedConnection:
         """Answer the requestor with the status and headers now; the body follows on a stream."""
         parsed = relayable_response(response, b"", head_request=True)
         headers = parsed.asgi_headers()  # keeps a declared Content-Length, adds none
-        stream = "r" + secrets.token_hex(16)
+        stream = "r" + new_id()
         claimed = await self.broker.claim(slot)
         if claimed is None:  # the requestor already got its 504 or left
             raise _NoResponse(504, NO_RESPONSE_MESSAGE, "requestor gone")
