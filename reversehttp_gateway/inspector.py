@@ -152,28 +152,37 @@ pending = PendingLog()
 # Writing and pruning: sync ORM code, run off the event loop -----------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
 def _title_case(name: bytes) -> str:
     return "-".join(word.capitalize() for word in name.decode("latin-1").split("-"))
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_redacted(name: bytes, names: frozenset[str]) -> bool:
+    return name.strip().decode("latin-1").lower() in names
+
+
 def redact_head(head: bytes, names: frozenset[str]) -> str:
     """The request head as text, with the values of headers named in ``names`` redacted."""
+    if not names:
+        return head.decode("latin-1")
+    lower = head.lower()
+    if not any(name.encode("latin-1") in lower for name in names):
+        return head.decode("latin-1")  # none of them here (the common case): no line by line
     lines = head.split(b"\r\n")
-    if names:
-        for i in range(1, len(lines)):
-            name, colon, _ = lines[i].partition(b":")
-            if colon and name.strip().decode("latin-1").lower() in names:
-                lines[i] = name + b": " + REDACTED.encode()
+    for i in range(1, len(lines)):
+        name, colon, _ = lines[i].partition(b":")
+        if colon and _is_redacted(name, names):
+            lines[i] = name + b": " + REDACTED.encode()
     return b"\r\n".join(lines).decode("latin-1")
 
 
 def headers_text(headers: Iterable[tuple[bytes, bytes]], names: frozenset[str]) -> str:
     """Response headers as ``Name: value`` lines, redacted like request heads."""
-    lines = []
-    for name, value in headers:
-        shown = REDACTED if name.decode("latin-1").lower() in names else value.decode("latin-1")
-        lines.append(f"{_title_case(name)}: {shown}")
-    return "\n".join(lines)
+    return "\n".join(
+        f"{_title_case(name)}: {REDACTED if _is_redacted(name, names) else value.decode('latin-1')}"
+        for name, value in headers
+    )
 
 
 def row_values(item: Captured, redact: frozenset[str]) -> dict[str, Any]:
@@ -204,24 +213,22 @@ def to_row(item: Captured, redact: frozenset[str]) -> RequestLog:
 _COLUMNS = tuple(f.name for f in RequestLog._meta.concrete_fields if not f.primary_key)
 
 
-def _preparers(connection: Any) -> list[Callable[[Any], Any]]:
-    """Per column, how a value becomes a query parameter on ``connection``'s database.
+def _adapters(connection: Any) -> list[tuple[int, Callable[[Any], Any]]]:
+    """The columns (by index) whose values need the database's adaptation, and how.
 
-    Only the datetime and binary columns need the database's adaptation; the others are
-    plain ``str``/``int``/``float``/``bool`` values that every driver takes as they are.
+    Only the datetime and binary columns do; the others are plain ``str``/``int``/``float``/
+    ``bool`` values that every driver takes as they are. The datetimes are aware UTC values,
+    for which the field's own preparation comes down to the backend's adaptation.
     """
-    preparers: list[Callable[[Any], Any]] = []
-    for name in _COLUMNS:
+    adapters: list[tuple[int, Callable[[Any], Any]]] = []
+    for index, name in enumerate(_COLUMNS):
         field_ = RequestLog._meta.get_field(name)
-        if isinstance(field_, (DateTimeField, BinaryField)):
-            preparers.append(functools.partial(field_.get_db_prep_save, connection=connection))
-        else:
-            preparers.append(_as_is)
-    return preparers
-
-
-def _as_is(value: Any) -> Any:
-    return value
+        if isinstance(field_, DateTimeField):
+            adapters.append((index, connection.ops.adapt_datetimefield_value))
+        elif isinstance(field_, BinaryField):
+            prepare = functools.partial(field_.get_db_prep_save, connection=connection)
+            adapters.append((index, prepare))
+    return adapters
 
 
 def write(batch: list[Captured]) -> int:
@@ -242,13 +249,15 @@ def write(batch: list[Captured]) -> int:
         ", ".join(quote(column) for column in columns),
         ", ".join(["%s"] * len(columns)),
     )
-    preparers = _preparers(connection)
+    adapters = _adapters(connection)
     params = []
     for item in batch:
         values = row_values(item, redact)
-        params.append(
-            [prepare(values[name]) for prepare, name in zip(preparers, _COLUMNS, strict=True)]
-        )
+        row = [values[name] for name in _COLUMNS]
+        for index, adapt in adapters:
+            if row[index] is not None:
+                row[index] = adapt(row[index])
+        params.append(row)
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         for start in range(0, len(params), BATCH_SIZE):
             cursor.executemany(sql, params[start : start + BATCH_SIZE])

@@ -71,48 +71,48 @@ def declared_length(scope: Scope) -> int | None:
 class Outcome:
     """What a relay did, for the access log and the relay observers (:func:`record`)."""
 
-    __slots__ = ("status", "reply", "request", "request_bytes")
+    __slots__ = ("status", "reply", "request", "request_bytes", "client", "started_at", "started")
 
-    def __init__(self) -> None:
+    def __init__(self, client: str | None) -> None:
         self.status = 500
         self.reply: Reply | None = None
         self.request: PublicRequest | None = None
         self.request_bytes = 0
+        self.client = client  # Requesting-Client, None when the peer address is unknown
+        self.started_at = time.time()
+        self.started = time.monotonic()
 
 
 async def handle(scope: Scope, receive: Receive, send: Send, broker: Broker, label: str) -> int:
     """Relay one public request for ``label``; returns the status sent."""
-    started_at, started = time.time(), time.monotonic()
-    outcome = Outcome()
+    outcome = Outcome(format_requesting_client(scope.get("client")))
     try:
         outcome.status = await _relay(scope, receive, send, broker, label, outcome)
     finally:
-        record(scope, label, outcome, started_at, started)
+        record(scope, label, outcome)
     return outcome.status
 
 
-def record(scope: Scope, label: str, outcome: Outcome, started_at: float, started: float) -> None:
+ACCESS_LOG_FORMAT = '%s "%s %s" label=%s status=%s transport=%s in=%d out=%d %.1fms'
+
+
+def record(scope: Scope, label: str, outcome: Outcome) -> None:
     """The access log line and the relay record (metrics, inspector) of a finished request."""
-    duration = time.monotonic() - started
+    duration = time.monotonic() - outcome.started
     reply = outcome.reply
-    client = format_requesting_client(scope.get("client")) or "-"
+    client = outcome.client or "-"
     target = _raw_target(scope).decode("latin-1")
     transport = (reply.via if reply is not None else "") or "gateway"
     response_bytes = len(reply.body) if reply is not None else 0
-    access_log.info(
-        '%s "%s %s" label=%s status=%s transport=%s in=%d out=%d %.1fms',
-        client,
-        scope["method"],
-        target,
-        label,
-        outcome.status,
-        transport,
-        outcome.request_bytes,
-        response_bytes,
-        duration * 1000,
-        extra={  # fields of a JSON log line (logformat.py)
+    method = scope["method"]
+    if access_log.isEnabledFor(logging.INFO):
+        # Logger.info() would also walk the stack for the caller's file and line (a few µs per
+        # request); the record is the same, with this function as its origin.
+        args = (client, method, target, label, outcome.status, transport)
+        args += (outcome.request_bytes, response_bytes, duration * 1000)
+        extra = {  # fields of a JSON log line (logformat.py)
             "label": label,
-            "method": scope["method"],
+            "method": method,
             "target": target,
             "status": outcome.status,
             "transport": transport,
@@ -120,16 +120,28 @@ def record(scope: Scope, label: str, outcome: Outcome, started_at: float, starte
             "bytes_in": outcome.request_bytes,
             "bytes_out": response_bytes,
             "client": client,
-        },
-    )
+        }
+        access_log.handle(
+            access_log.makeRecord(
+                access_log.name,
+                logging.INFO,
+                __file__,
+                0,
+                ACCESS_LOG_FORMAT,
+                args,
+                None,
+                "record",
+                extra,
+            )
+        )
     events.publish(
         events.RelayRecord(
             label=label,
-            method=scope["method"],
+            method=method,
             target=target,
             status=outcome.status,
             transport=transport,
-            started_at=started_at,
+            started_at=outcome.started_at,
             duration=duration,
             requesting_client=client,
             request_bytes=outcome.request_bytes,
@@ -168,6 +180,8 @@ def _without_gateway_cookie_header(
     headers: list[tuple[bytes, bytes]],
 ) -> list[tuple[bytes, bytes]]:
     """``Cookie`` headers minus the gateway's own session and CSRF cookies."""
+    if not any(name == b"cookie" for name, _ in headers):
+        return headers
     names = _gateway_cookie_names()
     kept: list[tuple[bytes, bytes]] = []
     for name, value in headers:
@@ -270,8 +284,9 @@ async def _pump(
         return False  # nobody reads the body (the request timed out or its reader left)
 
 
-def refusal(scope: Scope) -> tuple[int, str] | None:
-    """Why a public request cannot be relayed at all (status, message), judged by its head."""
+def refusal(scope: Scope, client: str | None) -> tuple[int, str] | None:
+    """Why a public request cannot be relayed at all (status, message), judged by its head and
+    its Requesting-Client value ``client``."""
     if scope["method"] == "CONNECT" or header(scope, b"upgrade") is not None:
         return 501, "Upgrade and CONNECT cannot be relayed"  # RH-40
     headers = scope["headers"]
@@ -280,7 +295,7 @@ def refusal(scope: Scope) -> tuple[int, str] | None:
         or sum(len(n) + len(v) + 4 for n, v in headers) > gateway_settings.MAX_HEADER_BYTES
     ):
         return 431, "Request header fields too large"
-    if format_requesting_client(scope.get("client")) is None:
+    if client is None:
         return 400, "Could not determine your IP address"  # RH-61
     declared = declared_length(scope)
     if declared is not None and declared > max(
@@ -290,8 +305,11 @@ def refusal(scope: Scope) -> tuple[int, str] | None:
     return None
 
 
-def public_request(scope: Scope, body: bytes, *, ended: bool = True) -> PublicRequest:
-    """The queued form of a public request whose body (or its first part) is ``body``.
+def public_request(
+    scope: Scope, body: bytes, client: str, *, ended: bool = True
+) -> PublicRequest:
+    """The queued form of a public request from ``client`` whose body (or its first part) is
+    ``body``.
 
     Raises:
         ValueError: the request cannot be written as a ``message/http`` envelope (400).
@@ -305,8 +323,6 @@ def public_request(scope: Scope, body: bytes, *, ended: bool = True) -> PublicRe
         default_host=_default_host(scope),
         streamed=not ended,
     )
-    client = format_requesting_client(scope.get("client"))
-    assert client is not None  # refusal() answered 400 otherwise
     return PublicRequest(
         envelope=envelope,
         requesting_client=client,
@@ -335,7 +351,7 @@ async def _relay(
     if key is None:
         await respond_error(send, 404, "No application is registered at this address")  # RH-62
         return 404
-    refused = refusal(scope)
+    refused = refusal(scope, outcome.client)
     if refused is not None:
         status, message = refused
         close = [(b"connection", b"close")] if status == 413 else []
@@ -353,7 +369,8 @@ async def _relay(
         await respond_error(send, 413, TOO_LARGE, headers=[(b"connection", b"close")])
         return 413
     try:
-        request = public_request(scope, body, ended=ended)
+        assert outcome.client is not None  # refusal() answered 400 otherwise
+        request = public_request(scope, body, outcome.client, ended=ended)
     except ValueError as exc:
         await respond_error(send, 400, f"Request cannot be relayed: {exc}")
         return 400

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Protocol
 
 from .asgi import public_traffic_label
 from .conf import gateway_settings
 from .http import Scope, Send, header
+from .protocol.client_address import format_requesting_client
 from .public import (
     QUEUE_FULL_MESSAGE,
     Outcome,
@@ -66,7 +66,10 @@ def exchange_for(scope: Scope) -> DirectExchange | None:
     if label is None:
         return None
     key = broker.lookup_label_nowait(label)
-    if key is None or refusal(scope) is not None:
+    if key is None:
+        return None
+    client = format_requesting_client(scope.get("client"))
+    if refusal(scope, client) is not None:
         return None
     declared = declared_length(scope)
     if declared is None:
@@ -74,31 +77,33 @@ def exchange_for(scope: Scope) -> DirectExchange | None:
             return None  # chunked: its size is unknown until it ends
     elif declared > min(gateway_settings.STREAM_THRESHOLD, gateway_settings.MAX_BODY_SIZE):
         return None  # streamed or refused by the ASGI path
-    return DirectExchange(scope, broker, label, key)
+    return DirectExchange(scope, broker, label, key, Outcome(client))
 
 
 class DirectExchange:
     """One public request relayed on the direct path, from its body to its logged reply."""
 
-    __slots__ = ("scope", "broker", "label", "key", "writer", "gone", "outcome", "_started")
+    __slots__ = ("scope", "broker", "label", "key", "writer", "gone", "outcome")
 
-    def __init__(self, scope: Scope, broker: Broker, label: str, key: str) -> None:
+    def __init__(
+        self, scope: Scope, broker: Broker, label: str, key: str, outcome: Outcome
+    ) -> None:
         self.scope = scope
         self.broker = broker
         self.label = label
         self.key = key
         self.writer: ResponseWriter | None = None
         self.gone = Flag()
-        self.outcome = Outcome()
-        self._started = (time.time(), time.monotonic())
+        self.outcome = outcome
 
     def start(self, body: bytes, writer: ResponseWriter) -> bool:
         """Relay the request with ``body``; False when it must take the ASGI path instead
         (nothing was done: the request is not queued)."""
         if runtime.draining:
             return False
+        assert self.outcome.client is not None  # exchange_for() checked
         try:
-            request = public_request(self.scope, body)
+            request = public_request(self.scope, body, self.outcome.client)
         except ValueError:
             return False  # the ASGI path answers 400
         self.writer = writer
@@ -166,5 +171,4 @@ class DirectExchange:
     def _finish(self) -> None:
         runtime.held -= 1
         runtime.in_flight -= 1
-        started_at, started = self._started
-        record(self.scope, self.label, self.outcome, started_at, started)
+        record(self.scope, self.label, self.outcome)

@@ -38,19 +38,31 @@ _CRLF = b"\r\n"
 
 def hop_by_hop_names(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """Return :data:`HOP_BY_HOP` plus the lower-case names listed in any ``Connection`` header."""
-    listed = {
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == b"connection"
-        for token in value.split(b",")
-    }
+    listed: set[bytes] | None = None
+    for name, value in headers:
+        if name.lower() == b"connection":
+            listed = listed or set()
+            listed.update(token.strip().lower() for token in value.split(b","))
+    if not listed:
+        return HOP_BY_HOP
     listed.discard(b"")
     return HOP_BY_HOP | listed
 
 
+_canonical_names: dict[bytes, bytes] = {}
+
+
 def _canonical_name(name: bytes) -> bytes:
-    """``content-type`` -> ``Content-Type``: each dash-separated word capitalised."""
-    return b"-".join(word.capitalize() for word in name.split(b"-"))
+    """``content-type`` -> ``Content-Type``: each dash-separated word capitalised (cached)."""
+    known = _canonical_names.get(name)
+    if known is None:
+        known = b"-".join(word.capitalize() for word in name.split(b"-"))
+        if len(_canonical_names) < 10_000:  # bounded: names come from anyone
+            _canonical_names[name] = known
+    return known
+
+
+_CONTROL_RE = re.compile(rb"[\x00-\x20\x7f]")
 
 
 def _check_value(what: str, value: bytes) -> None:
@@ -87,22 +99,27 @@ def build_embedded_request(
     method_bytes = method.encode("ascii", "replace")
     if _TOKEN_RE.fullmatch(method_bytes) is None:
         raise ValueError("method is not an HTTP token")
-    if not target or any(byte <= 0x20 or byte == 0x7F for byte in target):
+    if not target or _CONTROL_RE.search(target) is not None:
         raise ValueError("request target is empty or contains whitespace or control characters")
-    _check_value("default host", default_host)
     headers = list(headers)
+    dropped = hop_by_hop_names(headers)
+    version = b"HTTP/1.0" if http_version == "1.0" else b"HTTP/1.1"
+    lines = [method_bytes + b" " + target + b" " + version]
+    has_host = False
     for name, value in headers:
         if _TOKEN_RE.fullmatch(name) is None:
             raise ValueError("header name is not an HTTP token")
-        _check_value(f"{name.decode('ascii')} header", value)
-
-    dropped = hop_by_hop_names(headers) | {b"content-length"}
-    version = b"HTTP/1.0" if http_version == "1.0" else b"HTTP/1.1"
-    kept = [(name.lower(), value) for name, value in headers if name.lower() not in dropped]
-    lines = [method_bytes + b" " + target + b" " + version]
-    if not any(name == b"host" for name, _ in kept):
-        lines.append(b"Host: " + default_host)
-    lines.extend(_canonical_name(name) + b": " + value for name, value in kept)
+        if b"\r" in value or b"\n" in value or b"\0" in value:
+            raise ValueError(f"{name.decode('ascii')} header contains CR, LF or NUL")
+        lower = name.lower()
+        if lower in dropped or lower == b"content-length":
+            continue
+        if lower == b"host":
+            has_host = True
+        lines.append(_canonical_name(lower) + b": " + value)
+    if not has_host:
+        _check_value("default host", default_host)
+        lines.insert(1, b"Host: " + default_host)
     if not streamed and (body or method in _BODY_METHODS):
         lines.append(b"Content-Length: " + str(len(body)).encode("ascii"))
     return _CRLF.join(lines) + _CRLF + _CRLF + body

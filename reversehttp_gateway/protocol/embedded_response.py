@@ -180,9 +180,11 @@ def _parse_plain(data: bytes, request_method: str) -> tuple[ParsedResponse, byte
     result is always what h11 gives (tests/protocol: a differential property test).
     """
     end = data.find(b"\r\n\r\n")
-    if end < 0 or request_method.upper() == "HEAD":
+    if end < 0 or end + 4 > MAX_HEAD_BYTES or request_method.upper() == "HEAD":
         return None
     lines = data[:end].split(b"\r\n")
+    if len(lines) > MAX_HEADER_LINES + 1:
+        return None
     status_match = _STATUS_LINE_RE.fullmatch(lines[0])
     if status_match is None:
         return None
@@ -207,11 +209,15 @@ def _parse_plain(data: bytes, request_method: str) -> tuple[ParsedResponse, byte
     if length is None or len(data) - start < length:
         return None
     reason = status_match[2] or b""
-    dropped = hop_by_hop_names(headers) | HOP_BY_HOP | {b"content-length"}
+    dropped = hop_by_hop_names(headers)
     parsed = ParsedResponse(
         status=status,
         reason=reason,
-        headers=[(name, value) for name, value in headers if name not in dropped],
+        headers=[
+            (name, value)
+            for name, value in headers
+            if name not in dropped and name != b"content-length"
+        ],
         body=data[start : start + length],
     )
     return parsed, data[start + length :]
@@ -225,10 +231,12 @@ def _parse_one(data: bytes, request_method: str) -> tuple[ParsedResponse, bytes,
     """
     if not data:
         raise _invalid("empty body")
-    _check_heads(data)
+    # A plain reply's lines matched the strict grammar, which admits no CR, NUL or folding, and
+    # its head is within the limits: _check_heads could only pass it.
     plain = _parse_plain(data, request_method)
     if plain is not None:
         return plain[0], plain[1], False
+    _check_heads(data)
     return _parse_with_h11(data, request_method)
 
 

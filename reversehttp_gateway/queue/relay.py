@@ -12,7 +12,10 @@ passes or the public client leaves first.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
+import math
 from collections.abc import Callable
 
 from ..waiting import Flag, wait_either
@@ -112,6 +115,60 @@ def relay_nowait(
     return True
 
 
+class _Deadlines:
+    """One event-loop timer for many deadlines (the direct waits' first waits).
+
+    ``loop.call_later`` per request cost a timer of the loop's own (uvloop: a libuv timer) set
+    and cancelled for nearly every request; here a push onto a heap is all, and the single
+    timer is re-armed only when the earliest deadline changes.
+    """
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _DirectWait]] = []
+        self._count = itertools.count()
+        self._live = 0  # unsettled waits in the heap
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_for = math.inf
+
+    def add(self, delay: float, wait: _DirectWait) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        heapq.heappush(self._heap, (deadline, next(self._count), wait))
+        self._live += 1
+        if deadline < self._armed_for:
+            self._arm(loop, deadline)
+
+    def settled(self) -> None:
+        """One wait settled before its deadline: its entry is dropped lazily, and the heap
+        rebuilt once it is mostly settled entries (memory stays bounded by the live ones)."""
+        self._live -= 1
+        heap = self._heap
+        if len(heap) > 256 and len(heap) > 4 * self._live:
+            heap[:] = [entry for entry in heap if not entry[2].settled]
+            heapq.heapify(heap)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_for = deadline
+        self._timer = loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._timer, self._armed_for = None, math.inf
+        loop = asyncio.get_running_loop()
+        heap, moment = self._heap, loop.time()
+        while heap and (heap[0][2].settled or heap[0][0] <= moment):
+            _, _, wait = heapq.heappop(heap)
+            if not wait.settled:
+                self._live -= 1
+                wait.wait_on(expired=True)
+        if heap:
+            self._arm(loop, heap[0][0])
+
+
+_deadlines = _Deadlines()
+
+
 class _DirectWait:
     """Waits for one ticket's reply with callbacks; hands over to a task if it must wait on."""
 
@@ -122,7 +179,6 @@ class _DirectWait:
         "no_app_timeout",
         "reply_timeout",
         "client_gone",
-        "timer",
         "settled",
     )
 
@@ -142,19 +198,19 @@ class _DirectWait:
         self.reply_timeout = reply_timeout
         self.client_gone = client_gone
         self.settled = False
-        first_wait = max(min(no_app_timeout, reply_timeout), 0)
-        self.timer = asyncio.get_running_loop().call_later(first_wait, self._wait_on)
+        _deadlines.add(max(min(no_app_timeout, reply_timeout), 0), self)
         ticket.reply.add_done_callback(self._replied)
-        client_gone.add_callback(self._wait_on)
+        client_gone.add_callback(self.wait_on)
 
-    def _detach(self) -> bool:
+    def _detach(self, *, expired: bool = False) -> bool:
         """Stop the callbacks; False if that was done already."""
         if self.settled:
             return False
         self.settled = True
-        self.timer.cancel()
+        if not expired:
+            _deadlines.settled()
         self.ticket.reply.remove_done_callback(self._replied)
-        self.client_gone.remove_callback(self._wait_on)
+        self.client_gone.remove_callback(self.wait_on)
         return True
 
     def _replied(self, future: asyncio.Future[Reply]) -> None:
@@ -162,9 +218,9 @@ class _DirectWait:
             self.broker.forget(self.ticket)
             self._deliver(future.result())
 
-    def _wait_on(self) -> None:
+    def wait_on(self, *, expired: bool = False) -> None:
         """T1 passed or the client left before the reply: the rest of the rules, in a task."""
-        if self._detach():
+        if self._detach(expired=expired):
             task = asyncio.ensure_future(self._rest())
             _background.add(task)
             task.add_done_callback(_background.discard)
