@@ -31,6 +31,7 @@ class RelayRecord:
     request_envelope: bytes = field(default=b"", repr=False)
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list, repr=False)
     response_body: bytes = field(default=b"", repr=False)
+    direct: bool = False  # relayed on the direct path (docs/direct-path.md)
 
 
 Observer = Callable[[RelayRecord], None]

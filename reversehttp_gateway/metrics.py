@@ -111,6 +111,12 @@ class GatewayMetrics:
             ("status_class", "code", "transport", *extra),
             registry=registry,
         )
+        self.direct = Counter(
+            f"{PREFIX}_direct_requests",
+            "Public requests relayed on the direct path (no ASGI task; docs/direct-path.md).",
+            ("transport", *extra),
+            registry=registry,
+        )
         self.duration = Histogram(
             f"{PREFIX}_relay_duration_seconds",
             "Time from a public request's arrival until its response was sent.",
@@ -172,6 +178,8 @@ class GatewayMetrics:
             unknown = record.transport == "gateway" and record.status == 404
             extra = (UNREGISTERED if unknown else record.label,)
         self.relayed.labels(status_class, str(record.status), record.transport, *extra).inc()
+        if record.direct:
+            self.direct.labels(record.transport, *extra).inc()
         self.duration.labels(record.transport, status_class, *extra).observe(record.duration)
         self.request_bytes.labels(record.transport, *extra).inc(record.request_bytes)
         self.response_bytes.labels(record.transport, *extra).inc(record.response_bytes)

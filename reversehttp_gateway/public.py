@@ -71,9 +71,19 @@ def declared_length(scope: Scope) -> int | None:
 class Outcome:
     """What a relay did, for the access log and the relay observers (:func:`record`)."""
 
-    __slots__ = ("status", "reply", "request", "request_bytes", "client", "started_at", "started")
+    __slots__ = (
+        "status",
+        "reply",
+        "request",
+        "request_bytes",
+        "client",
+        "started_at",
+        "started",
+        "direct",
+    )
 
-    def __init__(self, client: str | None) -> None:
+    def __init__(self, client: str | None, *, direct: bool = False) -> None:
+        self.direct = direct
         self.status = 500
         self.reply: Reply | None = None
         self.request: PublicRequest | None = None
@@ -149,6 +159,7 @@ def record(scope: Scope, label: str, outcome: Outcome) -> None:
             request_envelope=outcome.request.envelope if outcome.request else b"",
             response_headers=reply.headers if reply is not None else [],
             response_body=reply.body if reply is not None else b"",
+            direct=outcome.direct,
         )
     )
 

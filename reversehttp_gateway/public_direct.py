@@ -77,7 +77,7 @@ def exchange_for(scope: Scope) -> DirectExchange | None:
             return None  # chunked: its size is unknown until it ends
     elif declared > min(gateway_settings.STREAM_THRESHOLD, gateway_settings.MAX_BODY_SIZE):
         return None  # streamed or refused by the ASGI path
-    return DirectExchange(scope, broker, label, key, Outcome(client))
+    return DirectExchange(scope, broker, label, key, Outcome(client, direct=True))
 
 
 class DirectExchange:

@@ -1,0 +1,209 @@
+"""The direct path (docs/direct-path.md) against live gateways: what takes it, and that HTTP/1.1
+and the relay rules behave on it exactly as on the ASGI path.
+
+The gateways here run uvicorn explicitly (the direct path is uvicorn's); the last test checks
+that Daphne relays the same traffic without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import httpx
+import msgpack
+import pytest
+import websockets
+
+from ..rh import envelope, register, unique_label
+from ..ws_streaming_app import frame
+from .test_metrics import AUTH, TOKEN, parse, value
+from .test_websocket import echo_app, ws_url
+
+pytestmark = pytest.mark.asyncio
+
+
+def direct_count(text: str) -> float:
+    return value(parse(text), "reversehttp_gateway_direct_requests_total", transport="websocket")
+
+
+async def serving(client: httpx.AsyncClient, gateway, *, ready: int = 4):  # noqa: ANN001, ANN201
+    """Register a label, connect an echo WebSocket application; returns (registration, socket,
+    application task)."""
+    reg = await register(client, gateway.service_url, unique_label())
+    ws = await websockets.connect(ws_url(reg.private), max_size=None)
+    await ws.send(frame("ready", "", ready))
+    app = asyncio.ensure_future(echo_app(ws))
+    await asyncio.sleep(0.2)
+    return reg, ws, app
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+async def test_requests_to_a_local_poller_take_the_direct_path(start_gateway, broker):
+    gateway = start_gateway(broker, server="uvicorn", METRICS_TOKEN=TOKEN)
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg, ws, app = await serving(client, gateway)
+        before = direct_count((await client.get(gateway.url + "/metrics", headers=AUTH)).text)
+        bodies = [f"b{i}".encode() * (i + 1) for i in range(12)]
+        responses = await asyncio.gather(
+            *(client.post(reg.public + f"p{i}", content=body) for i, body in enumerate(bodies))
+        )
+        label = reg.public.rstrip("/").rsplit("/", 1)[1]
+        assert [r.content for r in responses] == [
+            f"/{label}/p{i}|".encode() + body for i, body in enumerate(bodies)
+        ]
+        after = direct_count((await client.get(gateway.url + "/metrics", headers=AUTH)).text)
+        assert after - before == len(bodies)
+        app.cancel()
+        await ws.close()
+
+
+async def test_bodies_beyond_uvicorns_read_ahead_are_relayed_whole(start_gateway):
+    """A body over uvicorn's 64 KiB read-ahead (it pauses reading for the application) but
+    under STREAM_THRESHOLD goes direct: reading resumes for the exchange, not for receive()."""
+    gateway = start_gateway("memory", server="uvicorn", METRICS_TOKEN=TOKEN)
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg, ws, app = await serving(client, gateway)
+        body = bytes(range(256)) * 1200  # 300 KiB
+        response = await client.post(reg.public + "big", content=body)
+        assert response.status_code == 200 and response.content.endswith(b"|" + body)
+        metrics = (await client.get(gateway.url + "/metrics", headers=AUTH)).text
+        assert direct_count(metrics) == 1
+        app.cancel()
+        await ws.close()
+
+
+def raw_exchange(port: int, data: bytes, *, until_close: bool = False, count: int = 1) -> bytes:
+    """Send ``data`` on one connection; read ``count`` responses (or until the peer closes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return received
+            received += chunk
+            if not until_close and received.count(b"HTTP/1.1 ") >= count:
+                heads = received.split(b"HTTP/1.1 ")[1:]
+                last = heads[-1]
+                if b"\r\n\r\n" in last:
+                    head, _, rest = last.partition(b"\r\n\r\n")
+                    length = [
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ]
+                    if length and len(rest) >= length[0]:
+                        return received
+
+
+async def test_pipelined_requests_are_answered_in_order(start_gateway):
+    """RH-71: direct and ASGI requests pipelined on one connection keep their order."""
+    gateway = start_gateway("memory", server="uvicorn")
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg, ws, app = await serving(client, gateway)
+        label = reg.public.rstrip("/").rsplit("/", 1)[1]
+        private_path = reg.private.split(str(gateway.port), 1)[1]
+        pipeline = (
+            f"GET /{label}/one HTTP/1.1\r\nHost: x\r\n\r\n"
+            f"GET {private_path} HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n\r\n"
+            f"POST /{label}/three HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+        ).encode()
+        data = await asyncio.to_thread(raw_exchange, gateway.port, pipeline, count=3)
+        first, second, third = data.split(b"HTTP/1.1 ")[1:]
+        assert first.startswith(b"200") and first.endswith(f"/{label}/one|".encode())
+        assert second.startswith(b"200") and b'"name"' in second  # the registration's state
+        assert third.startswith(b"200") and third.endswith(f"/{label}/three|abc".encode())
+        app.cancel()
+        await ws.close()
+
+
+async def test_head_and_connection_close_on_the_direct_path(start_gateway):
+    gateway = start_gateway("memory", server="uvicorn")
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg, ws, app = await serving(client, gateway)
+        label = reg.public.rstrip("/").rsplit("/", 1)[1]
+        head = await client.head(reg.public + "h")
+        assert head.status_code == 200 and head.content == b""
+        close = f"GET /{label}/c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        data = await asyncio.to_thread(raw_exchange, gateway.port, close, until_close=True)
+        assert data.startswith(b"HTTP/1.1 200 ") and b"\r\nConnection: close\r\n" in data
+        old = f"GET /{label}/old HTTP/1.0\r\nHost: x\r\n\r\n".encode()
+        data = await asyncio.to_thread(raw_exchange, gateway.port, old, until_close=True)
+        assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(f"/{label}/old|".encode())
+        app.cancel()
+        await ws.close()
+
+
+async def test_expect_continue_and_chunked_bodies_take_the_asgi_path(start_gateway):
+    gateway = start_gateway("memory", server="uvicorn", METRICS_TOKEN=TOKEN)
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg, ws, app = await serving(client, gateway)
+
+        async def chunks():  # noqa: ANN202
+            yield b"ab"
+            yield b"cd"
+
+        chunked = await client.post(reg.public + "chunked", content=chunks())
+        assert chunked.content.endswith(b"|abcd")
+        label = reg.public.rstrip("/").rsplit("/", 1)[1]
+        expect = (
+            f"POST /{label}/expect HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            "Content-Length: 2\r\n\r\nhi"
+        ).encode()
+        data = await asyncio.to_thread(raw_exchange, gateway.port, expect, count=2)
+        assert data.endswith(f"/{label}/expect|hi".encode())
+        metrics = (await client.get(gateway.url + "/metrics", headers=AUTH)).text
+        assert direct_count(metrics) == 0
+        app.cancel()
+        await ws.close()
+
+
+async def test_a_requestor_that_leaves_withdraws_its_direct_request(start_gateway):
+    """The application's late answer is refused (RH-47) and the log says 499."""
+    gateway = start_gateway("memory", server="uvicorn")
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg = await register(client, gateway.service_url, unique_label())
+        async with websockets.connect(ws_url(reg.private)) as ws:
+            await ws.send(frame("ready", "", 1))
+            await asyncio.sleep(0.2)
+            label = reg.public.rstrip("/").rsplit("/", 1)[1]
+            sock = socket.create_connection(("127.0.0.1", gateway.port))
+            sock.sendall(f"GET /{label}/gone HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            _, ident, _ = msgpack.unpackb(await ws.recv(), raw=False)
+            sock.close()
+            await asyncio.sleep(0.3)
+            await ws.send(frame("response", ident, envelope(body=b"late")))
+            kind, same, text = msgpack.unpackb(await asyncio.wait_for(ws.recv(), 5), raw=False)
+            assert (kind, same, text) == ("error", ident, "Request no longer pending")
+    assert f'"GET /{label}/gone" label={label} status=499' in gateway.log()
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+async def test_timeouts_on_the_direct_path(start_gateway, broker):
+    """RH-64 (T1, no application) and RH-65 (T2, an application that never answers)."""
+    gateway = start_gateway(broker, server="uvicorn")
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg = await register(client, gateway.service_url, unique_label())
+        no_app = await client.get(reg.public + "t1")
+        assert no_app.status_code == 504 and "No application server" in no_app.text
+        async with websockets.connect(ws_url(reg.private)) as ws:
+            await ws.send(frame("ready", "", 1))
+            await asyncio.sleep(0.2)
+            silent = asyncio.ensure_future(client.get(reg.public + "t2"))
+            kind, _, _ = msgpack.unpackb(await ws.recv(), raw=False)
+            assert kind == "request"
+            response = await silent
+            assert response.status_code == 504 and "Timeout waiting" in response.text
+
+
+async def test_daphne_relays_the_same_traffic_without_the_direct_path(start_gateway):
+    gateway = start_gateway("memory", server="daphne", METRICS_TOKEN=TOKEN)
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg, ws, app = await serving(client, gateway)
+        responses = await asyncio.gather(*(client.get(reg.public + f"d{i}") for i in range(5)))
+        assert all(r.status_code == 200 for r in responses)
+        metrics = (await client.get(gateway.url + "/metrics", headers=AUTH)).text
+        assert direct_count(metrics) == 0
+        app.cancel()
+        await ws.close()
