@@ -190,3 +190,31 @@ async def test_reaper_requeues_what_a_crashed_process_had_taken(start_gateway, r
             assert await store.llen("reap:taking:crashed") == 0
     finally:
         await store.aclose()
+
+
+async def test_lost_poll_response_is_redelivered_by_the_process_that_issued_the_url(
+    start_gateway,
+):
+    """RH-29 across processes: A issues a Request URL, its first poll is served by B and the
+    response is lost; the retry reaches A, which never saw that URL polled, and re-delivers.
+    (Why a process cannot skip the lookup for URLs it issued: docs/benchmarks.md.)"""
+    a = start_gateway("redis", prefix="lost")
+    b = start_gateway("redis", prefix="lost", DB_PATH=str(a.db_path))
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg = await register(client, a.service_url, unique_label())
+        poll = asyncio.ensure_future(client.get(reg.first))  # on A
+        await asyncio.sleep(0.2)
+        first = asyncio.ensure_future(client.get(reg.public + "one"))
+        delivered = await poll
+        assert delivered.status_code == 200
+        await client.post(reg.first, content=envelope(body=b"1"))
+        assert (await first).text == "1"
+        issued_by_a = delivered.headers["Link"].split(">")[0][1:]
+        lost = asyncio.ensure_future(client.get(on(b, issued_by_a)))  # served by B ...
+        await asyncio.sleep(0.2)
+        second = asyncio.ensure_future(client.get(reg.public + "two"))
+        assert b"/two HTTP/1.1" in (await lost).content  # ... and "lost" on the way back
+        retry = await client.get(issued_by_a)  # the retry reaches A
+        assert retry.status_code == 200 and b"/two HTTP/1.1" in retry.content
+        assert (await client.post(issued_by_a, content=envelope(body=b"2"))).status_code == 202
+        assert (await second).text == "2"
