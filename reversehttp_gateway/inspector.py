@@ -325,12 +325,16 @@ def _off_loop(function: Callable[..., T]) -> Callable[..., Any]:
 
 
 async def flush(queue: PendingLog | None = None) -> set[str]:
-    """Write everything queued now; returns the labels written. A failed batch is put back."""
+    """Write everything queued now (not what arrives meanwhile: under load the queue is never
+    empty, and writing on until it is made a thread hop and a connection per few rows);
+    returns the labels written. A failed batch is put back."""
     queue = queue or pending
     queue.refresh_settings()
     labels: set[str] = set()
-    while len(queue):
-        batch = queue.take(BATCH_SIZE * 4)
+    remaining = len(queue)
+    while remaining > 0:
+        batch = queue.take(min(remaining, BATCH_SIZE * 4))
+        remaining -= len(batch)
         try:
             await _off_loop(write)(batch)
         except Exception:
