@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -165,6 +165,11 @@ class Handoff:
 
 def now() -> float:
     return time.time()
+
+
+def waiting_count(waiters: Iterable[Waiter]) -> int:
+    """How many of ``waiters`` still wait (the others were served, cancelled or failed)."""
+    return sum(1 for waiter in waiters if not waiter.done())
 
 
 class Broker(abc.ABC):

@@ -20,6 +20,7 @@ from .base import (
     TooManyPollers,
     Waiter,
     now,
+    waiting_count,
 )
 
 QUEUE_GONE_MESSAGE = "The application's registration was deleted"
@@ -160,7 +161,7 @@ class MemoryBroker(Broker):
             if self._is_live(request):
                 return Taken(key, request)
         waiters = self._waiters[key]
-        if sum(1 for w in waiters if not w.done()) >= self.max_pollers:
+        if len(waiters) >= self.max_pollers and waiting_count(waiters) >= self.max_pollers:
             raise TooManyPollers
         waiters.append(waiter)
         return None

@@ -58,6 +58,7 @@ from .base import (
     TooManyPollers,
     Waiter,
     now,
+    waiting_count,
 )
 from .memory import QUEUE_GONE_MESSAGE
 
@@ -555,7 +556,8 @@ class RedisBroker(Broker):
         dispatcher = self._dispatchers.get(key)
         if dispatcher is None:
             dispatcher = self._dispatchers[key] = _Dispatcher()
-        if sum(1 for w in dispatcher.waiters if not w.done()) >= self.max_pollers:
+        waiters = dispatcher.waiters
+        if len(waiters) >= self.max_pollers and waiting_count(waiters) >= self.max_pollers:
             raise TooManyPollers
         dispatcher.waiters.append(waiter)
         if dispatcher.task is None or dispatcher.task.done():
