@@ -33,6 +33,11 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State as WsState
 
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # websockets without its C extension
+    from websockets.utils import apply_mask
+
 from .conf import gateway_settings
 from .public_direct import DirectExchange, exchange_for
 from .server import ServingBase
@@ -409,13 +414,59 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.response.status_code == 101:
             self.scope["extensions"][DIRECT_EXTENSION] = self
 
+    def data_received(self, data: bytes) -> None:
+        if self.on_message is not None:
+            data = self._take_messages(data)
+            if not data:
+                return
+        super().data_received(data)
+
+    def _take_messages(self, data: bytes) -> bytes:
+        """Cut whole binary messages of one frame off ``data`` and hand them over; return the
+        rest for websockets, from the first frame this does not parse (control frames, text,
+        fragments, a frame not yet complete, anything invalid). Only while websockets' parser
+        sits at a frame boundary with nothing buffered and no message in progress, so it goes
+        on from there; its generator-based parser cost more than the relay of a request."""
+        conn = self.conn
+        if (
+            conn.reader.buffer
+            or conn.current_size is not None
+            or conn.extensions
+            or conn.state is not WsState.OPEN
+            or self.close_sent
+        ):
+            return data
+        pos, end, limit = 0, len(data), conn.max_message_size
+        while end - pos >= 6:
+            if data[pos] != 0x82 or data[pos + 1] < 0x80:  # FIN binary, masked (RFC 6455 5.2)
+                break
+            length, start = data[pos + 1] & 0x7F, pos + 6
+            if length == 126:
+                start += 2
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            elif length == 127:
+                start += 8
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+            if start + length > end or (limit is not None and length > limit):
+                break  # incomplete, or too large: websockets closes with 1009
+            payload = apply_mask(data[start : start + length], data[start - 4 : start])
+            pos = start + length
+            self._hand_over(payload)
+            if self.on_message is None or self.close_sent:
+                break
+        return data[pos:] if pos else data
+
     def send_receive_event_to_app(self) -> None:
-        handler = self.on_message
-        if handler is None or self.curr_msg_data_type != "bytes" or self.close_sent:
+        if self.on_message is None or self.curr_msg_data_type != "bytes" or self.close_sent:
             super().send_receive_event_to_app()
             return
         data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
         self.frames = []
+        self._hand_over(data)
+
+    def _hand_over(self, data: bytes) -> None:
+        handler = self.on_message
+        assert handler is not None
         try:
             handler(data)
         except Exception:
@@ -430,9 +481,19 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         return not (self.disconnected or self.close_sent) and self.conn.state is WsState.OPEN
 
     def write(self, data: bytes) -> None:
+        """Queue ``data`` as one binary frame: framed here (unmasked, as a server sends) and
+        put in websockets' own output queue, so that its frames (pongs, close) keep their
+        order with ours."""
         if not self.open:
             raise ChannelClosed
-        self.conn.send_binary(data)
+        length = len(data)
+        if length < 126:
+            head = bytes((0x82, length))
+        elif length < 65536:
+            head = b"\x82\x7e" + length.to_bytes(2, "big")
+        else:
+            head = b"\x82\x7f" + length.to_bytes(8, "big")
+        self.conn.writes += (head, data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -441,7 +502,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         self._flush_scheduled = False
         output = self.conn.data_to_send()
         if output and not self.transport.is_closing():
-            self.transport.write(b"".join(output))
+            self.transport.writelines(output)
 
     async def drain(self) -> None:
         self._flush()

@@ -207,3 +207,65 @@ async def test_daphne_relays_the_same_traffic_without_the_direct_path(start_gate
         assert direct_count(metrics) == 0
         app.cancel()
         await ws.close()
+
+
+async def test_websocket_frames_split_and_coalesced_any_way_arrive_whole(start_gateway):
+    """The gateway cuts whole binary frames off what it reads and leaves the rest (partial
+    frames, pings, fragments) to websockets: every split and mix must give the same messages."""
+    from websockets.client import ClientProtocol
+    from websockets.frames import Frame, Opcode
+    from websockets.protocol import State
+    from websockets.uri import parse_uri
+
+    gateway = start_gateway("memory", server="uvicorn")
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg = await register(client, gateway.service_url, unique_label())
+        label = reg.public.rstrip("/").rsplit("/", 1)[1]
+        protocol = ClientProtocol(parse_uri(ws_url(reg.private)), max_size=None)
+        sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def receive_events() -> list:
+            protocol.receive_data(sock.recv(65536))
+            return protocol.events_received()
+
+        protocol.send_request(protocol.connect())
+        sock.sendall(b"".join(protocol.data_to_send()))
+        while protocol.state is not State.OPEN:
+            await asyncio.to_thread(receive_events)
+        protocol.send_binary(frame("ready", "", 8))
+        sock.sendall(b"".join(protocol.data_to_send()))
+        await asyncio.sleep(0.2)
+        bodies = [b"x" * size for size in (0, 5, 200, 70_000, 3)]
+        publics = [
+            asyncio.ensure_future(client.get(reg.public + f"s{i}")) for i in range(len(bodies))
+        ]
+        idents: dict[str, int] = {}
+        while len(idents) < len(bodies):
+            for event in await asyncio.to_thread(receive_events):
+                kind, ident, payload = msgpack.unpackb(event.data, raw=False)
+                if kind == "request":
+                    index = int(payload[0].split(b" ")[1].rsplit(b"/s", 1)[1])
+                    idents[ident] = index
+        for ident, index in idents.items():
+            body = bodies[index]
+            answer = envelope(headers={"Content-Length": str(len(body))}, body=body)
+            protocol.send_binary(frame("response", ident, answer))
+            if index == 1:
+                protocol.send_ping(b"ping")
+            if index == 2:  # a fragmented message: websockets reassembles it
+                data = frame("window", "nobody", 1)
+                protocol.send_frame(Frame(Opcode.BINARY, data[:3], fin=False))
+                protocol.send_frame(Frame(Opcode.CONT, data[3:], fin=True))
+        wire = b"".join(protocol.data_to_send())
+        for cut in (1, 2, 7, 100, 150, 71_000):  # heads, masks and payloads split apart
+            sock.sendall(wire[:cut])
+            wire = wire[cut:]
+            await asyncio.sleep(0.02)
+        sock.sendall(wire)
+        responses = await asyncio.gather(*publics)
+        assert [r.content for r in responses] == bodies
+        events = await asyncio.to_thread(receive_events)
+        assert any(e.opcode is Opcode.PONG and e.data == b"ping" for e in events)
+        sock.close()
+    assert f'"GET /{label}/s3" label={label} status=200' in gateway.log()
