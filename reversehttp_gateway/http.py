@@ -102,12 +102,27 @@ async def respond(
     *,
     head: bool = False,
 ) -> None:
-    """Send a complete response with a Content-Length."""
+    """Send a complete response with a Content-Length: that of ``body``, except that a reply
+    to HEAD and a 304 keep the length ``headers`` declare (RH-51: what a GET would get)."""
     all_headers = [(n, v) for n, v in headers if n != b"content-length"]
-    if status >= 200 and status not in (204, 304):
-        all_headers.append((b"content-length", str(len(body)).encode()))
+    length = content_length(status, headers, body, head=head)
+    if length is not None:
+        all_headers.append((b"content-length", length))
     await send({"type": "http.response.start", "status": status, "headers": all_headers})
     await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+def content_length(
+    status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes, *, head: bool
+) -> bytes | None:
+    """The Content-Length value :func:`respond` sends; None: none (1xx, 204, 304 without one)."""
+    if head or status == 304:
+        declared = [value for name, value in headers if name == b"content-length"]
+        if declared:
+            return declared[0]
+    if status >= 200 and status not in (204, 304):
+        return str(len(body)).encode()
+    return None
 
 
 async def respond_error(

@@ -39,6 +39,7 @@ except ImportError:  # websockets without its C extension
     from websockets.utils import apply_mask
 
 from .conf import gateway_settings
+from .http import content_length
 from .public_direct import DirectExchange, exchange_for
 from .server import ServingBase
 from .transports.websocket import DIRECT_EXTENSION, ChannelClosed
@@ -382,8 +383,9 @@ class _CycleWriter:
             ]:
                 keep_alive, close_sent = False, True
             lines.append(b"%s: %s\r\n" % (canonical_name(lowered), value))
-        if status >= 200 and status not in (204, 304):
-            lines.append(b"Content-Length: %d\r\n" % len(body))
+        length = content_length(status, headers, body, head=head)
+        if length is not None:
+            lines.append(b"Content-Length: %s\r\n" % length)
         if not keep_alive and not close_sent:
             lines.append(b"Connection: close\r\n")
         lines.append(b"\r\n")

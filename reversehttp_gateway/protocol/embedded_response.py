@@ -22,6 +22,7 @@ __all__ = [
     "ParsedResponse",
     "parse_embedded_response",
     "parse_embedded_responses",
+    "parse_first_response",
     "relayable_response",
 ]
 
@@ -322,6 +323,20 @@ def parse_embedded_response(data: bytes, *, request_method: str = "GET") -> Pars
     if not parsed.no_body and leftover.strip(b"\r\n"):
         raise _invalid("unexpected data after the response (body longer than Content-Length?)")
     return parsed
+
+
+def parse_first_response(
+    data: bytes, *, request_method: str = "GET"
+) -> tuple[ParsedResponse, bytes]:
+    """The response at the start of ``data`` (a socket's bytes: PTTH) and the bytes after it,
+    by the rules of :func:`parse_embedded_response`; a body with neither Content-Length nor
+    chunked coding is the rest of ``data`` (it ended when the peer closed).
+
+    Raises:
+        InvalidResponse: ``data`` does not start with a valid HTTP/1.x response.
+    """
+    parsed, leftover, _eof = _parse_one(data, request_method)
+    return parsed, leftover
 
 
 def parse_embedded_responses(

@@ -34,12 +34,11 @@ from ..addresses import RegistrationAddress
 from ..conf import gateway_settings
 from ..ids import new_id
 from ..protocol.embedded_request import HOP_BY_HOP, hop_by_hop_names
-from ..protocol.embedded_response import MAX_HEAD_BYTES, relayable_response
+from ..protocol.embedded_response import relayable_response
 from ..queue.base import (
     Broker,
     BrokerUnavailable,
     PublicRequest,
-    RegistrationGone,
     Reply,
     StreamAborted,
     Taken,
@@ -267,7 +266,7 @@ class ReversedConnection:
         self.broker = broker
         self.address: RegistrationAddress | None = None
         self.released = Flag()  # the socket is gone (or we stop): take no more requests
-        self._watcher: asyncio.Task[None] | None = None
+        self.background: set[asyncio.Task[None]] = set()  # put-backs, routed replies (held)
         self.broken = False  # a request or response was cut off mid-body: close the socket
         self.streamed_status = 0  # the status of the response being streamed, for the log
         peer = writer.get_extra_info("peername")
@@ -292,14 +291,14 @@ class ReversedConnection:
             await self.writer.drain()
             assert self.address is not None
             logger.debug("PTTH socket from %s serves %s", self.peer, self.address.label)
-            await self._serve()
+            from .ptth_direct import DirectReversedSocket  # imports this module
+
+            await DirectReversedSocket(self).serve()
         except (ConnectionError, OSError):
             pass
         except BrokerUnavailable as exc:
             logger.warning("PTTH socket of %s closed: broker unavailable (%s)", self.peer, exc)
         finally:
-            if self._watcher is not None:
-                self._watcher.cancel()
             self.writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.writer.wait_closed(), 2)
@@ -363,61 +362,10 @@ class ReversedConnection:
             self.writer.write(refusal(refused.status, refused.message, refused.headers))
             await self.writer.drain()
 
-    # Reversed HTTP ----------------------------------------------------------------------
-    def _watch(self) -> None:
-        """While idle, any EOF (or unsolicited byte) means the socket is done (PT-07)."""
-        if self._watcher is None or self._watcher.done():
-            self._watcher = asyncio.ensure_future(self._watch_idle())
-
-    async def _watch_idle(self) -> None:
-        try:
-            data = await self.reader.read(READ_SIZE)
-        except (ConnectionError, OSError):
-            data = b""
-        if data:
-            logger.info("PTTH socket of %s sent data without a request; closing", self.peer)
-        self.released.set()
-
-    async def _unwatch(self) -> bool:
-        """Stop watching before a request is written; False if the socket is already gone."""
-        await asyncio.sleep(0)  # let a pending EOF land before we decide
-        if self._watcher is not None and not self._watcher.done():
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-        self._watcher = None
-        return not (self.released.is_set() or self.reader.at_eof() or self.writer.is_closing())
-
-    async def _serve(self) -> None:
-        assert self.address is not None
-        key = self.address.key
-        client = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
-        while not self.released.is_set():
-            self._watch()
-            try:
-                taken = await self.broker.take(key, gateway_settings.POLL_TIMEOUT, self.released)
-            except RegistrationGone:
-                logger.info("PTTH socket of %s closed: registration deleted", self.peer)
-                return
-            if taken is None:
-                if not self.released.is_set() and not await self._still_registered(key):
-                    return  # expired or deleted meanwhile
-                continue
-            if not await self._deliver(client, taken):
-                return
-            client.start_next_cycle()
-
-    async def _still_registered(self, key: str) -> bool:
-        try:
-            return await self.broker.lookup_key(key) is not None
-        except BrokerUnavailable:  # keep the socket through a short outage; the app would
-            await asyncio.sleep(1)  # reconnect, get a 503 and (npm) give up for good
-            return True
-
+    # Reversed HTTP on the stream path (ptth_direct.py hands these exchanges over) ------------
     async def _deliver(self, client: h11.Connection, taken: Taken) -> bool:
-        """Write one taken request and relay its response; False when the socket is done."""
-        request = taken.request
-        if not await self._unwatch():
+        """Bind, write one taken request and relay its response; False when the socket is done."""
+        if self.released.is_set() or self.reader.at_eof() or self.writer.is_closing():
             await self.broker.put_back(taken)  # PT-07: not written, so the next poller gets it
             return False
         slot = capabilities.connection_slot()
@@ -430,6 +378,18 @@ class ReversedConnection:
         if self.writer.is_closing() or self.reader.at_eof():
             await self.broker.put_back(taken)  # closed while binding; still not written
             return False
+        return await self._relay(client, taken, slot, written=False)
+
+    async def _read_written(self, client: h11.Connection, taken: Taken, slot: str) -> bool:
+        """Relay the response to a request the direct path wrote already (bound to ``slot``),
+        from the response's first byte on (the direct path fed back what it read)."""
+        return await self._relay(client, taken, slot, written=True)
+
+    async def _relay(
+        self, client: h11.Connection, taken: Taken, slot: str, *, written: bool
+    ) -> bool:
+        """Write (unless ``written``) the request bound to ``slot`` and route its response."""
+        request = taken.request
         forwarded_for = request.requesting_client if gateway_settings.PTTH_FORWARDED else None
         method, target = request.method, "-"
         started = time.monotonic()
@@ -442,7 +402,7 @@ class ReversedConnection:
                 streamed_length=request.body_length if request.body_stream else False,
             )
             target = outgoing.target.decode("latin-1")
-            reply = await self._exchange(client, outgoing, body, request, slot)
+            reply = await self._exchange(client, outgoing, body, request, slot, written=written)
             keep = (
                 not self.broken
                 and client.our_state is h11.DONE
@@ -483,8 +443,11 @@ class ReversedConnection:
         body: bytes,
         request: PublicRequest,
         slot: str,
+        *,
+        written: bool = False,
     ) -> Reply | None:
-        """Write the request (PT-05, PT-06: one at a time) and read its response.
+        """Write the request (PT-05, PT-06: one at a time; h11 is told even when ``written``,
+        so that it reads the response) and read its response.
 
         Returns the whole response, or None when it was streamed to the requestor already.
         """
@@ -493,7 +456,8 @@ class ReversedConnection:
             data += client.send(h11.Data(data=body)) or b""
         if not request.body_stream:
             data += client.send(h11.EndOfMessage()) or b""
-        await self._write(data, request)  # from here on the request is never replayed (PT-07)
+        if not written:
+            await self._write(data, request)  # from here on never replayed (PT-07)
         if request.body_stream:
             await self._write_streamed_body(client, request)
         return await self._read_response(client, request, slot)
