@@ -61,6 +61,7 @@ from .base import (
     waiting_count,
 )
 from .memory import QUEUE_GONE_MESSAGE
+from .redis_link import RedisLink
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +167,9 @@ class RedisBroker(Broker):
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=None, socket_connect_timeout=2, max_connections=max_connections
         )
+        # The commands of each relayed request, pipelined (redis_link.py); redis-py for the
+        # rest: blocking pops, pub/sub, bookkeeping.
+        self._link = RedisLink(url)
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._bound: dict[str, PublicRequest] = {}  # slots this process bound, until claimed
         # Slots of requests handed over locally and answered here: never written to Redis.
@@ -211,6 +215,7 @@ class RedisBroker(Broker):
             for waiter in dispatcher.waiters:
                 if not waiter.done():
                     waiter.cancel()
+        self._link.close()
         with contextlib.suppress(Exception):
             await self._redis.aclose()
 
@@ -331,7 +336,7 @@ class RedisBroker(Broker):
             return key
         moment = now()
         async with self._guard():
-            value = await self._redis.get(self._k("label", label))
+            value = await self._link.call("GET", self._k("label", label))
         if not value:
             self._labels.pop(label, None)
             return None
@@ -412,20 +417,22 @@ class RedisBroker(Broker):
         Returns the queue's length; notes the request as waiting in the shared queue."""
         record = self._k("req", request.request_id)
         ttl = max(int(request.deadline - now()) + RECORD_GRACE, 1)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(record, mapping=self._record(key, request))
-            pipe.expire(record, ttl)
-            (pipe.rpush if head else pipe.lpush)(self._k("q", key), request.request_id)
-            *_, length = await pipe.execute()
+        fields = [x for pair in self._record(key, request).items() for x in pair]
+        *_, length = await self._link.transaction(
+            [
+                ("HSET", record, *fields),
+                ("EXPIRE", record, ttl),
+                ("RPUSH" if head else "LPUSH", self._k("q", key), request.request_id),
+            ]
+        )
         self._note_shared(key, request)
         return int(length)
 
     async def _unqueue(self, key: str, request_id: str) -> bool:
         """Take a queued request out again; True if it was still in the queue."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(self._k("q", key), 1, request_id)
-            pipe.delete(self._k("req", request_id))
-            removed, _ = await pipe.execute()
+        removed, _ = await self._link.transaction(
+            [("LREM", self._k("q", key), 1, request_id), ("DEL", self._k("req", request_id))]
+        )
         return bool(removed)
 
     def _note_shared(self, key: str, request: PublicRequest) -> None:
@@ -604,7 +611,7 @@ class RedisBroker(Broker):
     ) -> None:
         try:
             await self._heartbeat(key, dispatcher)
-            popped = await self._redis.eval(_POP, 2, queue, taking, self._k(""))
+            popped = await self._link.call("EVAL", _POP, 2, queue, taking, self._k(""))
             if popped:
                 request_id, *flat = popped
                 fields = dict(zip(flat[::2], flat[1::2], strict=True))
@@ -644,7 +651,8 @@ class RedisBroker(Broker):
             await pipe.execute()
 
     async def _load(self, request_id: str) -> PublicRequest | None:
-        return self._from_hash(request_id, await self._redis.hgetall(self._k("req", request_id)))
+        flat = await self._link.call("HGETALL", self._k("req", request_id))
+        return self._from_hash(request_id, dict(zip(flat[::2], flat[1::2], strict=True)))
 
     @staticmethod
     def _from_hash(request_id: str, data: dict[bytes, bytes]) -> PublicRequest | None:
@@ -667,10 +675,12 @@ class RedisBroker(Broker):
         )
 
     async def _requeue(self, key: str, request_id: str) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(self._k("taking", self._proc), 1, request_id)
-            pipe.rpush(self._k("q", key), request_id)
-            await pipe.execute()
+        await self._link.transaction(
+            [
+                ("LREM", self._k("taking", self._proc), 1, request_id),
+                ("RPUSH", self._k("q", key), request_id),
+            ]
+        )
 
     async def bind(
         self, slot: str, taken: Taken, reply_timeout: float, *, answered_here: bool = False
@@ -704,7 +714,7 @@ class RedisBroker(Broker):
             args = [request.request_id, ttl, repr(request.deadline), moment]
             script = _BIND
         async with self._guard():
-            bound = await self._redis.eval(script, 4, *keys, *args, *fields)
+            bound = await self._link.call("EVAL", script, 4, *keys, *args, *fields)
         if bound:
             self._bound[slot] = request
             self._seen_written[taken.key] = now()
@@ -729,7 +739,7 @@ class RedisBroker(Broker):
 
     async def _write_seen(self, key: str, moment: float) -> None:
         with contextlib.suppress(RedisError, OSError):
-            await self._redis.set(self._k("seen", key), repr(moment))
+            await self._link.call("SET", self._k("seen", key), repr(moment))
 
     def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run ``coroutine`` in a task this broker holds a reference to (asyncio's advice)."""
@@ -759,7 +769,7 @@ class RedisBroker(Broker):
         if local is not None:
             return local if self._still_waiting(local) else None
         async with self._guard():
-            request_id = await self._redis.get(self._k("slot", slot))
+            request_id = await self._link.call("GET", self._k("slot", slot))
             return await self._load(request_id.decode()) if request_id else None
 
     def claim_nowait(self, slot: str) -> PublicRequest | None:
@@ -771,7 +781,8 @@ class RedisBroker(Broker):
             return self.claim_nowait(slot)
         held = self._bound.pop(slot, None)
         async with self._guard():
-            result = await self._redis.eval(
+            result = await self._link.call(
+                "EVAL",
                 _CLAIM,
                 1,
                 self._k("slot", slot),
@@ -804,13 +815,13 @@ class RedisBroker(Broker):
         async with self._guard():
             if len(packed) <= INLINE_REPLY_LIMIT:
                 message = msgpack.packb([request.request_id, True, packed], use_bin_type=True)
-                if await self._redis.publish(channel, message) == 0:
+                if await self._link.call("PUBLISH", channel, message) == 0:
                     # The origin is reconnecting (or gone): keep the reply for it to collect.
-                    await self._redis.set(stored, packed, ex=ttl)
+                    await self._link.call("SET", stored, packed, "EX", ttl)
             else:
-                await self._redis.set(stored, packed, ex=ttl)
+                await self._link.call("SET", stored, packed, "EX", ttl)
                 message = msgpack.packb([request.request_id, False, b""], use_bin_type=True)
-                await self._redis.publish(channel, message)
+                await self._link.call("PUBLISH", channel, message)
 
     async def activity(self, keys: list[str]) -> dict[str, Activity]:
         if not keys:
