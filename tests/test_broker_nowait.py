@@ -176,6 +176,28 @@ async def test_redis_broker_holds_for_busy_local_pollers_without_io(redis_url):
         assert taken is not None and taken.request.request_id == held.request_id
 
 
+def relay_now(
+    broker: Broker,
+    on_reply: Callable[[Reply | None], None] = lambda reply: None,
+    *,
+    no_app_timeout: float = 5,
+    reply_timeout: float = 10,
+    client_gone: Flag | None = None,
+    max_queued: int | None = None,
+) -> bool:
+    """relay_nowait of a fresh request for key "k"."""
+    return relay.relay_nowait(
+        broker,
+        "k",
+        public_request(),
+        on_reply,
+        no_app_timeout=no_app_timeout,
+        reply_timeout=reply_timeout,
+        client_gone=client_gone or Flag(),
+        max_queued=max_queued,
+    )
+
+
 def replies() -> tuple[list[Reply | None], asyncio.Event, Callable[[Reply | None], None]]:
     """What relay_nowait delivers: the replies so far, an event, and the callback."""
     got: list[Reply | None] = []
@@ -192,16 +214,7 @@ async def test_relay_nowait_delivers_the_reply_by_callback(broker):
     recorder = Recorder()
     broker.poll_nowait("k", recorder.handoff())
     got, arrived, on_reply = replies()
-    queued = relay.relay_nowait(
-        broker,
-        "k",
-        public_request(),
-        on_reply,
-        no_app_timeout=5,
-        reply_timeout=10,
-        client_gone=Flag(),
-    )
-    assert queued and len(recorder.taken) == 1
+    assert relay_now(broker, on_reply) and len(recorder.taken) == 1
     taken = recorder.taken[0]
     await broker.route_reply(taken.request, Reply(200, [], b"answer"))
     await asyncio.wait_for(arrived.wait(), 1)
@@ -214,15 +227,7 @@ async def test_relay_nowait_applies_t1_when_no_application_polls():
     await broker.activate("k", "demo")
     got, arrived, on_reply = replies()
     started = asyncio.get_running_loop().time()
-    assert relay.relay_nowait(
-        broker,
-        "k",
-        public_request(),
-        on_reply,
-        no_app_timeout=0.2,
-        reply_timeout=5,
-        client_gone=Flag(),
-    )
+    assert relay_now(broker, on_reply, no_app_timeout=0.2, reply_timeout=5)
     await asyncio.wait_for(arrived.wait(), 3)
     reply = got[0]
     assert reply is not None and reply.status == 504
@@ -236,10 +241,7 @@ async def test_relay_nowait_withdraws_when_the_client_leaves():
     await broker.activate("k", "demo")
     got, arrived, on_reply = replies()
     gone = Flag()
-    queued = relay.relay_nowait(
-        broker, "k", public_request(), on_reply, no_app_timeout=5, reply_timeout=9, client_gone=gone
-    )
-    assert queued
+    assert relay_now(broker, on_reply, client_gone=gone)
     gone.set()
     await asyncio.wait_for(arrived.wait(), 2)
     assert got == [None]
@@ -250,29 +252,12 @@ async def test_relay_nowait_declines_or_refuses_like_relay(redis_url):
     """False when the broker needs I/O (relay() then); QueueFull as relay() raises it."""
     async with running("redis", redis_url) as redis_broker:
         await redis_broker.activate("k", "demo")
-        assert not relay.relay_nowait(
-            redis_broker,
-            "k",
-            public_request(),
-            lambda reply: None,
-            no_app_timeout=1,
-            reply_timeout=2,
-            client_gone=Flag(),
-        )
+        assert not relay_now(redis_broker)
     memory = MemoryBroker()
     await memory.activate("k", "demo")
     await memory.enqueue("k", public_request())
     with pytest.raises(QueueFull):
-        relay.relay_nowait(
-            memory,
-            "k",
-            public_request(),
-            lambda reply: None,
-            no_app_timeout=1,
-            reply_timeout=2,
-            client_gone=Flag(),
-            max_queued=1,
-        )
+        relay_now(memory, max_queued=1)
 
 
 async def test_settled_first_waits_do_not_pile_up():
@@ -283,15 +268,7 @@ async def test_settled_first_waits_do_not_pile_up():
     for _ in range(5000):
         recorder = Recorder()
         broker.poll_nowait("k", recorder.handoff())
-        assert relay.relay_nowait(
-            broker,
-            "k",
-            public_request(),
-            lambda reply: None,
-            no_app_timeout=30,
-            reply_timeout=60,
-            client_gone=Flag(),
-        )
+        assert relay_now(broker, no_app_timeout=30, reply_timeout=60)
         taken = recorder.taken[0]
         assert broker.route_reply_nowait(taken.request, Reply(200, [], b""))
     await asyncio.sleep(0)  # the done callbacks run
