@@ -184,7 +184,7 @@ def check_metrics(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
         return [
             Error(
                 f"REVERSEHTTP_GATEWAY['METRICS_TOKEN'] is {value!r}.",
-                hint="Set a long random string (e.g. from `python -c \"import secrets; "
+                hint='Set a long random string (e.g. from `python -c "import secrets; '
                 'print(secrets.token_urlsafe(32))"`), or None to disable /metrics.',
                 id="reversehttp_gateway.E009",
             )

@@ -316,9 +316,7 @@ def refusal(scope: Scope, client: str | None) -> tuple[int, str] | None:
     return None
 
 
-def public_request(
-    scope: Scope, body: bytes, client: str, *, ended: bool = True
-) -> PublicRequest:
+def public_request(scope: Scope, body: bytes, client: str, *, ended: bool = True) -> PublicRequest:
     """The queued form of a public request from ``client`` whose body (or its first part) is
     ``body``.
 

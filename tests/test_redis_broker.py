@@ -368,4 +368,3 @@ async def test_spilled_requests_are_not_passed_by_newer_held_ones(holding):
     await answer_here(a, "slot-h8-2", second, b"newer")
     assert (await asyncio.wait_for(older.reply, 1)).body == b"older"
     assert (await asyncio.wait_for(newer.reply, 1)).body == b"newer"
-

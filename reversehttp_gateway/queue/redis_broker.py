@@ -410,9 +410,7 @@ class RedisBroker(Broker):
                 return True
         return False
 
-    async def _store_and_push(
-        self, key: str, request: PublicRequest, *, head: bool = False
-    ) -> int:
+    async def _store_and_push(self, key: str, request: PublicRequest, *, head: bool = False) -> int:
         """Write the ``req:`` hash and queue the id: at the tail, or at the ``head`` (RH-30).
         Returns the queue's length; notes the request as waiting in the shared queue."""
         record = self._k("req", request.request_id)

@@ -315,4 +315,3 @@ class DirectReversedSocket(asyncio.Protocol):
         task = asyncio.ensure_future(work)
         self.connection.background.add(task)
         task.add_done_callback(self.connection.background.discard)
-
