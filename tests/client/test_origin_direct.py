@@ -1,4 +1,4 @@
-"""Forward mode's callback path (client/origin_direct.py) against a real loopback origin.
+"""Forward mode's callback paths (client/origin_direct.py, client/ptth_direct.py), real sockets.
 
 The handler is driven as the WebSocket transport drives it: :meth:`ForwardHandler.forward_nowait`
 with callbacks; what it hands to the general path is run as the transport runs it. The origin
@@ -20,6 +20,7 @@ import pytest
 from reversehttp_gateway.client import AsyncGatewayClient
 from reversehttp_gateway.client.envelope import AppResponse
 from reversehttp_gateway.client.handlers import ForwardHandler, GeneralPath
+from reversehttp_gateway.client.ptth_direct import RequestReader
 
 from ..conftest import FAST
 from ..gateway_process import Gateway, free_port, make_gateway
@@ -254,18 +255,35 @@ async def test_a_bad_response_head_gets_the_general_parsers_502() -> None:
         await handler.shutdown()
 
 
-# ------------------------------------------------------------------ end to end, over WebSocket
+# ------------------------------------------------------- end to end, over WebSocket and PTTH
+
+TRANSPORTS = ["websocket", "ptth"]
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, db_template: Path) -> Iterator[Gateway]:
-    settings = {**FAST, "STREAM_THRESHOLD": "65536", "BROKER": "memory"}
+    settings = {
+        **FAST,
+        "STREAM_THRESHOLD": "65536",
+        "BROKER": "memory",
+        "PTTH_LISTEN": f"127.0.0.1:{free_port()}",
+    }
     gw = make_gateway(tmp_path_factory.mktemp("direct"), db_template, **settings).start()
     yield gw
     gw.stop()
 
 
-async def test_websocket_forward_mode_end_to_end(gateway: Gateway) -> None:
+def client_for(gateway: Gateway, transport: str, target: str, pollers: int):
+    options = {"transport": transport}
+    if transport == "ptth":
+        options["ptth_url"] = gateway.env["RHGW_PTTH_LISTEN"]
+    return AsyncGatewayClient(
+        gateway.service_url, unique_label(transport[:2]), target, pollers=pollers, **options
+    )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_forward_mode_end_to_end(gateway: Gateway, transport: str) -> None:
     big = bytes(range(256)) * 4096  # 1 MiB: streamed in body frames
     chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
     cut = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort"
@@ -287,13 +305,7 @@ async def test_websocket_forward_mode_end_to_end(gateway: Gateway) -> None:
         return True
 
     async with Origin(serve) as origin:
-        client = AsyncGatewayClient(
-            gateway.service_url,
-            unique_label("wd"),
-            f"http://127.0.0.1:{origin.port}",
-            transport="websocket",
-            pollers=4,
-        )
+        client = client_for(gateway, transport, f"http://127.0.0.1:{origin.port}", 4)
         async with client, httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
             url = client.public_url
             responses = await asyncio.gather(*(http.get(url + f"n{n}") for n in range(40)))
@@ -303,6 +315,8 @@ async def test_websocket_forward_mode_end_to_end(gateway: Gateway) -> None:
 
             posted = await http.post(url + "post", content=b"a body")
             assert posted.text == "a body"
+            upload = bytes(range(256)) * 1024  # 256 KiB: streamed (WebSocket), held (PTTH)
+            assert (await http.put(url + "put", content=upload)).content == upload
             head = await http.head(url + "head")
             assert head.status_code == 200 and head.headers["content-length"] == "1234"
             assert (await http.get(url + "chunked")).text == "abc"
@@ -314,16 +328,58 @@ async def test_websocket_forward_mode_end_to_end(gateway: Gateway) -> None:
             assert (await http.get(url + "after")).status_code == 200
 
 
-async def test_websocket_forward_mode_origin_refusing_connections_is_502(gateway: Gateway) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_forward_mode_origin_refusing_connections_is_502(
+    gateway: Gateway, transport: str
+) -> None:
     port = free_port()  # nothing listens there
-    client = AsyncGatewayClient(
-        gateway.service_url,
-        unique_label("wr"),
-        f"http://127.0.0.1:{port}",
-        transport="websocket",
-        pollers=2,
-    )
+    client = client_for(gateway, transport, f"http://127.0.0.1:{port}", 2)
     async with client, httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
         response = await http.get(client.public_url + "x")
         assert response.status_code == 502
         assert f"Cannot reach the local server at http://127.0.0.1:{port}" in response.text
+
+
+# ------------------------------------------------------------ PTTH: whole requests by llhttp
+
+
+def read(*pieces: bytes) -> tuple[RequestReader, bool | None]:
+    reader = RequestReader()
+    result: bool | None = False
+    for piece in pieces:
+        result = reader.feed(piece)
+        if result is not False:
+            break
+    return reader, result
+
+
+def test_ptth_reader_takes_a_whole_keep_alive_request() -> None:
+    head = b'POST /a%2Fb?x=1 HTTP/1.1\r\nHost: gw\r\nForwarded: for="10.0.0.1:5"\r\n'
+    reader, whole = read(head, b"Content-Length: 5\r\n\r\nhel", b"lo")
+    assert whole is True
+    request = reader.request(("10.0.0.1", 5))
+    assert (request.method, request.target, request.body) == ("POST", b"/a%2Fb?x=1", b"hello")
+    assert request.headers[0] == (b"host", b"gw")  # names lower-case, as h11 gives them
+    assert request.requesting_client == ("10.0.0.1", 5)
+    assert b"".join(reader.raw).endswith(b"hello")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HEAD / HTTP/1.1\r\nHost: gw\r\n\r\n",
+        b"GET / HTTP/1.0\r\nHost: gw\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",  # no Host: h11 refuses it, so must we
+        b"GET / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: gw\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: gw\r\n\r\nGET /2 HTTP/1.1\r\nHost: gw\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Name: x\r\nHost: gw\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000,
+    ],
+)
+def test_ptth_reader_leaves_the_rest_to_h11(data: bytes) -> None:
+    reader, whole = read(data)
+    assert whole is None
+    assert b"".join(reader.raw) == data  # every byte, for h11
