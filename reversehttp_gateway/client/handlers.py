@@ -442,6 +442,9 @@ class WsgiHandler(Handler):
 _WHOLE_REQUEST_LIMIT = 64 * 1024  # a streamed body this small is read first and sent whole
 _FORWARD_CHUNK = 64 * 1024
 _MAX_IDLE = 20  # keep-alive connections kept per local server
+# Whole responses read by callbacks for __call__ (long-poll); larger ones take serve(), whose
+# timeout applies per read rather than to the whole response.
+_DIRECT_RESPONSE_LIMIT = 256 * 1024
 
 
 def _text_response(status: int, message: str) -> AppResponse:
@@ -604,7 +607,36 @@ class ForwardHandler(Handler):
         return headers
 
     async def __call__(self, request: EmbeddedRequest, site: PublicSite) -> AppResponse:
+        """Relay one whole request; the response comes back whole (the long-poll's way).
+
+        A small response on a kept connection is read by callbacks (:meth:`forward_nowait`);
+        the rest takes :meth:`serve`.
+        """
+        if self._pool is None and self._lean_address is not None:
+            await self.startup()
         responder = BufferedResponder()
+        if self._pool is not None:
+            done: asyncio.Future[AppResponse | GeneralPath] = (
+                asyncio.get_running_loop().create_future()
+            )
+            exchange = self.forward_nowait(
+                request,
+                site,
+                max_body=_DIRECT_RESPONSE_LIMIT,
+                on_response=done.set_result,
+                on_general=done.set_result,
+            )
+            if exchange is not None:
+                try:
+                    outcome = await done
+                except asyncio.CancelledError:
+                    exchange.abort()
+                    raise
+                if isinstance(outcome, AppResponse):
+                    return outcome
+                await outcome(responder)
+                assert responder.response is not None
+                return responder.response
         await self.serve(request, RequestBody.whole(request.body), site, responder)
         assert responder.response is not None
         return responder.response

@@ -255,6 +255,21 @@ async def test_a_bad_response_head_gets_the_general_parsers_502() -> None:
         await handler.shutdown()
 
 
+async def test_whole_calls_take_the_callback_path_and_fall_back_when_they_must() -> None:
+    # ForwardHandler.__call__ is the long-poll's entry point: the response comes back whole.
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+    answers = {b"/small": ok(b"small"), b"/chunked": chunked, b"/big": ok(b"b" * 300_000)}
+    async with Origin(serving(answers)) as origin:
+        handler = ForwardHandler(f"http://127.0.0.1:{origin.port}")
+        await warm(handler)
+        assert (await handler(get(b"/small"), SITE)).body == b"small"
+        assert (await handler(get(b"/chunked"), SITE)).body == b"hi"
+        assert (await handler(get(b"/big"), SITE)).body == b"b" * 300_000
+        assert (await handler(get(b"/small"), SITE)).body == b"small"
+        assert origin.connections == 1
+        await handler.shutdown()
+
+
 # ------------------------------------------------------- end to end, over WebSocket and PTTH
 
 TRANSPORTS = ["websocket", "ptth"]
