@@ -331,7 +331,18 @@ class WebSocketWorker(ConnectionWorker):
         except (ValueError, TypeError, msgpack.ExtraData, msgpack.UnpackException):
             logger.warning("websocket %d: ignoring an undecodable frame", self.index)
             return
-        self._on_frame(kind, ident, payload)
+        try:
+            self._on_frame(kind, ident, payload)
+        except Exception:
+            # Called from the connection's data_received: an error here must not break the
+            # socket for the other requests on it. A request it hit is answered 500.
+            logger.exception("websocket %d: failed to handle a %r frame", self.index, kind)
+            if kind == "request" and isinstance(ident, str):
+                exchange = self._exchanges.get(ident)
+                if exchange is None or (exchange.task is None and exchange.direct is None):
+                    if exchange is not None:
+                        self._exchange_done(exchange)
+                    self._reply_nowait(ident, error_response(500, "Internal Server Error"))
 
     async def _close_when_stopping(self, ws: ClientConnection) -> None:
         """Once stopping: close as soon as the requests in hand are answered (or on abort)."""

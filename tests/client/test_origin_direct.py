@@ -288,7 +288,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, db_template: Path) -> Iter
     gw.stop()
 
 
-def client_for(gateway: Gateway, transport: str, target: str, pollers: int):
+def client_for(gateway: Gateway, transport: str, target: object, pollers: int):
     options = {"transport": transport}
     if transport == "ptth":
         options["ptth_url"] = gateway.env["RHGW_PTTH_LISTEN"]
@@ -398,3 +398,27 @@ def test_ptth_reader_leaves_the_rest_to_h11(data: bytes) -> None:
     reader, whole = read(data)
     assert whole is None
     assert b"".join(reader.raw) == data  # every byte, for h11
+
+
+class _FailingForward(ForwardHandler):
+    """Fails inside the WebSocket's frame callback for /boom (a bug there, simulated)."""
+
+    def forward_nowait(self, request, site, **kwargs):  # type: ignore[no-untyped-def]
+        if request.raw_path.endswith(b"/boom"):
+            raise RuntimeError("simulated bug")
+        return super().forward_nowait(request, site, **kwargs)
+
+
+async def test_websocket_a_failure_in_the_frame_callback_is_500_and_the_socket_lives_on(
+    gateway: Gateway,
+) -> None:
+    async with Origin(echo) as origin:
+        handler = _FailingForward(f"http://127.0.0.1:{origin.port}")
+        client = client_for(gateway, "websocket", handler, 2)  # type: ignore[arg-type]
+        async with client, httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
+            url = client.public_url
+            assert (await http.get(url + "before")).status_code == 200
+            boom = await http.get(url + "boom")
+            assert boom.status_code == 500
+            assert (await http.get(url + "after")).text == "GET /after HTTP/1.1"
+            assert (await http.get(url + "again")).text == "GET /again HTTP/1.1"
