@@ -14,7 +14,8 @@ It takes only what it can finish alone and hands the rest to the general path, n
 - at the start (:func:`start`): no idle connection, a request the general path would write
   differently, or a HEAD request (llhttp cannot be told that a response has no body) → declined;
   the caller runs the general path;
-- at the end of the response head: an interim (1xx) response, a version other than HTTP/1.1,
+- at the end of the response head: an interim (1xx) response, a status above 599 (the general
+  path reports it), a version other than HTTP/1.1,
   a body framed by anything but one ``Content-Length`` no larger than ``max_body`` (chunked,
   read to the close, large: bodies that may need streaming) → the bytes received so far are fed
   to the connection's general parser and the caller's ``fallback`` gets a coroutine function
@@ -218,7 +219,11 @@ class DirectExchange:
             return
         parser = self._parser
         status = parser.get_status_code()
-        if status < 200 or parser.get_http_version() != "1.1" or not self._framed(status):
+        if (
+            not 200 <= status <= 599
+            or parser.get_http_version() != "1.1"
+            or not self._framed(status)
+        ):
             self._handover = True
             raise _Handover
         self._head_done = True

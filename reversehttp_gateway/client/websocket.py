@@ -513,6 +513,11 @@ class WebSocketWorker(ConnectionWorker):
                 logger.info(
                     "%s %s: the WebSocket closed before the response was sent", *_mp(request)
                 )
+            except Exception:  # as the general path: a response that cannot be sent is a 500
+                logger.exception(
+                    "websocket %d: the application failed on %s %s", self.index, *_mp(request)
+                )
+                self._reply_nowait(exchange.ident, error_response(500, "Internal Server Error"))
             else:
                 self._log_request(request.method, _mp(request)[1], responder, started)
             self._exchange_done(exchange)

@@ -149,18 +149,20 @@ async def test_chunked_and_large_responses_continue_on_the_general_path_and_stre
         await handler.shutdown()
 
 
-async def test_interim_responses_and_http_1_0_take_the_general_path() -> None:
+async def test_interim_responses_http_1_0_and_odd_statuses_take_the_general_path() -> None:
     interim = b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"after 100")
     old = b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold"
-    async with Origin(serving({b"/interim": interim, b"/old": old})) as origin:
+    odd = b"HTTP/1.1 600 Odd\r\nContent-Length: 3\r\n\r\nodd"
+    async with Origin(serving({b"/interim": interim, b"/old": old, b"/odd": odd})) as origin:
         handler = ForwardHandler(f"http://127.0.0.1:{origin.port}")
-        for target, body in ((b"/interim", b"after 100"), (b"/old", b"old")):
+        cases = ((b"/interim", 200, b"after 100"), (b"/old", 200, b"old"), (b"/odd", 600, b"odd"))
+        for target, status, body in cases:
             await warm(handler)
             kind, finish = await direct(handler, target)
             assert kind == "general"
             responder = RecordingResponder()
             await finish(responder)  # type: ignore[operator]
-            assert responder.calls == ["send 200"] and responder.body == body
+            assert responder.calls == [f"send {status}"] and responder.body == body
         await handler.shutdown()
 
 
@@ -310,6 +312,8 @@ async def test_forward_mode_end_to_end(gateway: Gateway, transport: str) -> None
             await exchange.answer(ok(big, b"X-Sha256: %s\r\n" % digest))
         elif target == "/chunked":
             await exchange.answer(chunked)
+        elif target == "/odd":
+            await exchange.answer(b"HTTP/1.1 600 Odd\r\nContent-Length: 3\r\n\r\nodd")
         elif target == "/cut":
             await exchange.answer(cut)
             return False
@@ -335,6 +339,7 @@ async def test_forward_mode_end_to_end(gateway: Gateway, transport: str) -> None
             head = await http.head(url + "head")
             assert head.status_code == 200 and head.headers["content-length"] == "1234"
             assert (await http.get(url + "chunked")).text == "abc"
+            assert (await http.get(url + "odd")).status_code == 500  # as on the general path
             response = await http.get(url + "big")
             assert response.status_code == 200 and response.content == big
             cut_short = await http.get(url + "cut")
