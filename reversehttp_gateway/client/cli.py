@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .errors import ClientError, GatewayUnreachable, RegistrationRefused
 from .handlers import AsgiHandler, ForwardHandler, Handler, WsgiHandler, is_asgi_app
@@ -27,7 +27,9 @@ from .ptth import parse_ptth_address
 from .registration import normalize_service_url
 from .runner import TRANSPORTS, AsyncGatewayClient
 
-__all__ = ["load_app", "main"]
+__all__ = ["LOOPS", "load_app", "loop_factory", "main"]
+
+LOOPS = ("auto", "uvloop", "asyncio")
 
 PROG = "reversehttp"
 EXIT_OK = 0
@@ -160,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("REVERSEHTTP_PTTH"),
         help="the gateway's PTTH listener, for --transport ptth (env REVERSEHTTP_PTTH)",
     )
+    common.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default=os.environ.get("REVERSEHTTP_LOOP", "auto"),
+        help="event loop: auto (uvloop when installed, the default), uvloop or asyncio "
+        "(env REVERSEHTTP_LOOP)",
+    )
     common.add_argument("--lease", type=int, help="lease in seconds to ask for")
     common.add_argument(
         "--keep-prefix",
@@ -288,6 +297,25 @@ async def run(args: argparse.Namespace, handler: Handler, description: str) -> i
             loop.remove_signal_handler(sig)
 
 
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop factory for ``--loop``: uvloop's for ``auto`` when it is installed
+    (it comes with uvicorn[standard], a dependency) and for ``uvloop``; None (asyncio's own
+    loop) for ``asyncio``.
+
+    Raises:
+        UsageError: ``uvloop`` was asked for and is not installed.
+    """
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise UsageError("--loop uvloop: uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``reversehttp`` console script; returns the exit status."""
     parser = build_parser()
@@ -295,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(-1 if args.quiet else args.verbose)
     try:
         handler, description = make_handler(args)
-        return asyncio.run(run(args, handler, description))
+        with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+            return runner.run(run(args, handler, description))
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

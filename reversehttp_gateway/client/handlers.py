@@ -39,6 +39,9 @@ from ..protocol.embedded_request import HOP_BY_HOP
 from .envelope import AppResponse, EmbeddedRequest, has_body
 from .errors import ClientError
 from .http1_client import Http1Error, Http1Pool, Http1Timeout, is_plain_target
+from .http1_client import _Connection as _PoolConnection
+from .origin_direct import DirectExchange
+from .origin_direct import start as start_direct
 from .registration import describe_transport_error
 from .streams import BufferedResponder, RequestBody, Responder
 
@@ -59,6 +62,7 @@ AsgiReceive = Callable[[], Awaitable[AsgiMessage]]
 AsgiSend = Callable[[AsgiMessage], Awaitable[None]]
 AsgiApp = Callable[[MutableMapping[str, Any], AsgiReceive, AsgiSend], Awaitable[None]]
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+GeneralPath = Callable[["Responder"], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +442,9 @@ class WsgiHandler(Handler):
 _WHOLE_REQUEST_LIMIT = 64 * 1024  # a streamed body this small is read first and sent whole
 _FORWARD_CHUNK = 64 * 1024
 _MAX_IDLE = 20  # keep-alive connections kept per local server
+# Whole responses read by callbacks for __call__ (long-poll); larger ones take serve(), whose
+# timeout applies per read rather than to the whole response.
+_DIRECT_RESPONSE_LIMIT = 256 * 1024
 
 
 def _text_response(status: int, message: str) -> AppResponse:
@@ -600,7 +607,36 @@ class ForwardHandler(Handler):
         return headers
 
     async def __call__(self, request: EmbeddedRequest, site: PublicSite) -> AppResponse:
+        """Relay one whole request; the response comes back whole (the long-poll's way).
+
+        A small response on a kept connection is read by callbacks (:meth:`forward_nowait`);
+        the rest takes :meth:`serve`.
+        """
+        if self._pool is None and self._lean_address is not None:
+            await self.startup()
         responder = BufferedResponder()
+        if self._pool is not None:
+            done: asyncio.Future[AppResponse | GeneralPath] = (
+                asyncio.get_running_loop().create_future()
+            )
+            exchange = self.forward_nowait(
+                request,
+                site,
+                max_body=_DIRECT_RESPONSE_LIMIT,
+                on_response=done.set_result,
+                on_general=done.set_result,
+            )
+            if exchange is not None:
+                try:
+                    outcome = await done
+                except asyncio.CancelledError:
+                    exchange.abort()
+                    raise
+                if isinstance(outcome, AppResponse):
+                    return outcome
+                await outcome(responder)
+                assert responder.response is not None
+                return responder.response
         await self.serve(request, RequestBody.whole(request.body), site, responder)
         assert responder.response is not None
         return responder.response
@@ -648,6 +684,12 @@ class ForwardHandler(Handler):
             logger.warning("cannot reach %s: %s", self.target, describe_transport_error(exc))
             await responder.send(self._unreachable())
             return
+        await self._relay_guarded(request, response, responder)
+
+    async def _relay_guarded(
+        self, request: EmbeddedRequest, response: _OriginResponse, responder: Responder
+    ) -> None:
+        """:meth:`_relay`, with a broken or slow local server answered 502 or 504."""
         try:
             await self._relay(request, response, responder)
         except _TIMEOUTS:
@@ -663,6 +705,88 @@ class ForwardHandler(Handler):
             await responder.send(self._unreachable())
         finally:
             await response.aclose()
+
+    def forward_nowait(
+        self,
+        request: EmbeddedRequest,
+        site: PublicSite,
+        *,
+        max_body: int,
+        on_response: Callable[[AppResponse], None],
+        on_general: Callable[[GeneralPath], None],
+    ) -> DirectExchange | None:
+        """Relay a whole request by callbacks (:mod:`.origin_direct`), if it can be.
+
+        Returns None when it cannot (the caller runs :meth:`serve`). Otherwise exactly one of
+        the callbacks follows, unless the returned exchange is aborted first: ``on_response``
+        with the local server's whole response (or the 502/504 the general path would have
+        given), or ``on_general`` with a coroutine function that finishes the request on the
+        general path given a :class:`~.streams.Responder` (a response that may need
+        streaming, or a retry), to be run in a task.
+        """
+        pool = self._pool
+        if pool is None:
+            return None
+        prefix, rest = site.split(request.raw_path, strip_prefix=self.strip_prefix)
+        query = request.query_string
+        target = self._base_path + (rest or b"/") + (b"?" + query if query else b"")
+        if not is_plain_target(target):
+            return None
+        headers = self.outgoing_headers(request, site, prefix)
+        if self.preserve_host and request.header(b"host") is None:
+            headers.insert(0, (b"host", self._target_host))
+
+        def on_failure(kind: str, exc: BaseException | None) -> None:
+            if kind == "retry":
+                on_general(
+                    lambda responder: self.serve(
+                        request, RequestBody.whole(request.body), site, responder
+                    )
+                )
+            elif kind == "timeout":
+                on_response(self._timed_out())
+            else:
+                logger.warning(
+                    "the local server at %s broke off: %s",
+                    self.target,
+                    describe_transport_error(exc) if exc is not None else "closed",
+                )
+                on_response(self._unreachable())
+
+        def on_handover(connection: _PoolConnection) -> None:
+            on_general(lambda responder: self.resume(request, connection, responder))
+
+        return start_direct(
+            pool,
+            request.method.encode("ascii"),
+            target,
+            headers,
+            request.body,
+            timeout=self.timeout,
+            max_body=max_body,
+            on_response=on_response,
+            on_failure=on_failure,
+            on_handover=on_handover,
+        )
+
+    async def resume(
+        self, request: EmbeddedRequest, connection: _PoolConnection, responder: Responder
+    ) -> None:
+        """Finish on the general path a request whose response :mod:`.origin_direct` handed
+        over (its first bytes are in ``connection``'s parser already)."""
+        assert self._pool is not None
+        try:
+            response = await self._pool.resume(
+                connection, request.method.encode("ascii"), self.timeout
+            )
+        except _TIMEOUTS:
+            await responder.send(self._timed_out())
+            return
+        except _FAILURES as exc:
+            logger.warning("cannot reach %s: %s", self.target, describe_transport_error(exc))
+            await responder.send(self._unreachable())
+            return
+        await self._relay_guarded(request, response, responder)
 
     async def _relay(
         self, request: EmbeddedRequest, response: _OriginResponse, responder: Responder

@@ -35,8 +35,12 @@ import os
 import re
 import socket
 from collections.abc import AsyncIterable
+from typing import TYPE_CHECKING, cast
 
 from .http1_wire import ProtocolError, ResponseHead, ResponseParser, request_head
+
+if TYPE_CHECKING:
+    from .origin_direct import DirectExchange
 
 __all__ = [
     "ConnectFailed",
@@ -98,6 +102,7 @@ class _Connection(asyncio.Protocol):
         self.received = False  # bytes arrived during the current exchange
         self.sent = False  # the current request was sent whole
         self.closed = False  # lost, closed by the peer, or closed by us
+        self.direct: DirectExchange | None = None  # an exchange read by callbacks
         self._loop = loop
         self._waiter: asyncio.Future[None] | None = None
         self._drained: asyncio.Future[None] | None = None
@@ -107,8 +112,8 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol -------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (uvloop's are not asyncio.Transport instances: no isinstance).
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -119,6 +124,9 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self.received = True
+        if self.direct is not None:
+            self.direct.feed(data)
+            return
         self.parser.feed(data)
         if self._waiter is not None:
             self._wake()
@@ -127,6 +135,10 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
+        if self.direct is not None:
+            self.closed = True
+            self.direct.closed()
+            return False
         if self.busy:
             self.parser.feed_eof()  # the end of a body read to the close, or an error
         self.closed = True
@@ -135,6 +147,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.direct is not None:
+            self.direct.closed()
         self._wake()
         self._write_paused = False
         if self._drained is not None and not self._drained.done():
@@ -336,6 +350,20 @@ class Http1Pool:
                 raise
             return Http1Response(self, connection, head, timeout)
 
+    async def resume(self, connection: _Connection, method: bytes, timeout: float) -> Http1Response:
+        """The response on ``connection`` whose first bytes were read by :mod:`.origin_direct`
+        and fed to its parser: the general path from there on.
+
+        Raises:
+            Http1Timeout, Http1Error: see the module docstring.
+        """
+        try:
+            head = await self._head(connection, method, timeout)
+        except BaseException:
+            connection.close()
+            raise
+        return Http1Response(self, connection, head, timeout)
+
     async def aclose(self) -> None:
         """Close the idle connections; connections in use close when their response ends."""
         self._closed = True
@@ -344,6 +372,24 @@ class Http1Pool:
             connection.close()
 
     # Internals --------------------------------------------------------------------------------
+
+    def take_idle(self) -> _Connection | None:
+        """An open idle connection, newest first (for :mod:`.origin_direct`), or None."""
+        return self._take_idle()
+
+    def release_direct(self, connection: _Connection, keep_alive: bool) -> None:
+        """Take back ``connection`` after an exchange read by :mod:`.origin_direct`."""
+        reusable = (
+            keep_alive
+            and not self._closed
+            and not connection.closed
+            and len(self._idle) < self.max_idle
+        )
+        if not reusable:
+            connection.close()
+            return
+        connection.busy = connection.received = connection.sent = False
+        self._idle.append(connection)
 
     def _take_idle(self) -> _Connection | None:
         while self._idle:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from urllib.parse import urljoin
 
@@ -40,8 +41,21 @@ REPLY_ATTEMPTS = 4
 REPLY_TIMEOUT = 30.0  # reading the answer to a reply (connecting: 10 s)
 
 
+# One link as the gateway writes it (protocol/links.format_link_header), with an absolute
+# http(s) URL that urljoin() would return unchanged (no parameters, query or fragment).
+_CANONICAL_LINK = re.compile(r'<(https?://[!$-+\--:=@-~]+)>; rel="([a-z]+)"', re.ASCII)
+
+
 def _next_link(response: GatewayAnswer) -> str | None:
-    links = parse_link_header(", ".join(response.header_list("link")))
+    """The absolute ``rel="next"`` URL of a poll answer, if any."""
+    value = ", ".join(response.header_list("link"))
+    for link in value.split(", "):  # the canonical form first: no tokenising, no urljoin
+        match = _CANONICAL_LINK.fullmatch(link)
+        if match is None:
+            break
+        if match[2] == "next":
+            return match[1]
+    links = parse_link_header(value)
     next_url = links.get("next")
     return urljoin(response.url, next_url) if next_url else None
 

@@ -37,11 +37,14 @@ import h11
 from .envelope import (
     AppResponse,
     EmbeddedRequest,
+    build_reply,
     has_body,
     parse_requesting_client,
     reason_phrase,
     relayed_headers,
 )
+from .handlers import ForwardHandler, GeneralPath
+from .ptth_direct import RequestReader
 from .registration import Registration
 from .streams import RequestBody, Responder
 from .worker import ConnectionWorker, error_response
@@ -192,6 +195,7 @@ class PtthWorker(ConnectionWorker):
         self.host, self.port, self.tls = address
         self._writer: asyncio.StreamWriter | None = None
         self._idle = False  # waiting for the gateway's next request
+        self._forward = self._handler if isinstance(self._handler, ForwardHandler) else None
 
     def abort_wait(self) -> None:
         """Stop for good: an idle socket is closed at once, a busy one after its exchange."""
@@ -363,6 +367,18 @@ class PtthWorker(ConnectionWorker):
             conn.receive_data(leftover)
         served = 0
         while True:
+            finish: GeneralPath | None = None
+            if self._forward is not None and not conn.trailing_data[0]:
+                outcome = await self._direct(conn, reader, writer, site)
+                if outcome is None:
+                    return served  # closed (or aborted while idle)
+                if outcome is True:
+                    served += 1
+                    if self._abort.is_set():
+                        return served
+                    continue
+                if outcome is not False:
+                    finish = outcome  # the request is in h11's buffer; finish it from there
             try:
                 event = await self._next_event(conn, reader, idle=True)
             except h11.RemoteProtocolError as exc:
@@ -370,7 +386,7 @@ class PtthWorker(ConnectionWorker):
                 return served
             if not isinstance(event, h11.Request):
                 return served  # closed (or aborted while idle)
-            keep = await self._exchange(conn, reader, writer, event, site)
+            keep = await self._exchange(conn, reader, writer, event, site, finish=finish)
             served += 1
             if not keep or self._abort.is_set():
                 return served
@@ -385,9 +401,15 @@ class PtthWorker(ConnectionWorker):
         writer: asyncio.StreamWriter,
         event: h11.Request,
         site: Any,
+        *,
+        finish: GeneralPath | None = None,
+        started: float | None = None,
     ) -> bool:
-        """Answer one request; False when the socket cannot be used any more."""
-        started = time.monotonic()
+        """Answer one request; False when the socket cannot be used any more.
+
+        ``finish`` (from :meth:`_direct`) answers it instead of the handler's ``serve``.
+        """
+        started = time.monotonic() if started is None else started
         headers = [(bytes(name), bytes(value)) for name, value in event.headers]
         request = EmbeddedRequest(
             method=event.method.decode("ascii"),
@@ -414,7 +436,10 @@ class PtthWorker(ConnectionWorker):
         body = RequestBody(pull, length=int(length) if length and length.isdigit() else None)
         responder = _PtthResponder(conn, writer, request.method, body, self.stream_threshold)
         try:
-            await self._handler.serve(request, body, site, responder)
+            if finish is not None:
+                await finish(responder)
+            else:
+                await self._handler.serve(request, body, site, responder)
             if not responder.finished:
                 raise RuntimeError("the handler returned without completing its response")
             await body.drain()  # keep the connection in step for the next request
@@ -443,9 +468,85 @@ class PtthWorker(ConnectionWorker):
         self._log_request(request.method, path, responder, started)
         return True
 
+    async def _direct(
+        self,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        site: Any,
+    ) -> bool | GeneralPath | None:
+        """Forward mode: read the next request and relay it by callbacks (:mod:`.ptth_direct`).
+
+        Returns True when it was answered, None when the socket closed (or the worker was
+        aborted) while idle, False when the request's bytes were handed to h11 for the general
+        path, or a coroutine function that finishes the request (already in h11's buffer) on
+        the general path: the local server's response needs it (streaming, a retry).
+        """
+        assert self._forward is not None
+        reader_ = RequestReader()
+        idle = True
+        while True:
+            try:
+                data = await self._read(reader, idle=idle)
+            except _SocketGone as exc:
+                logger.info("ptth %d: the socket broke during a request (%s)", self.index, exc)
+                return None
+            if not data:  # closed, or aborted while idle
+                if idle:
+                    return None
+                conn.receive_data(b"".join(reader_.raw))  # h11 reports the cut request
+                conn.receive_data(b"")
+                return False
+            idle = False
+            whole = reader_.feed(data)
+            if whole is None:
+                conn.receive_data(b"".join(reader_.raw))
+                return False
+            if whole:
+                break
+        started = time.monotonic()
+        request = reader_.request(_requesting_client(reader_.headers))
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[AppResponse | GeneralPath] = loop.create_future()
+        exchange = self._forward.forward_nowait(
+            request,
+            site,
+            max_body=self.stream_threshold,
+            on_response=done.set_result,
+            on_general=done.set_result,
+        )
+        if exchange is None:
+            conn.receive_data(b"".join(reader_.raw))
+            return False
+        try:
+            outcome = await done
+        except asyncio.CancelledError:
+            exchange.abort()
+            raise
+        if not isinstance(outcome, AppResponse):
+            conn.receive_data(b"".join(reader_.raw))
+            return outcome
+        if writer.is_closing():
+            logger.info("%s %s: the PTTH socket closed", request.method, _path(request))
+            return None
+        writer.write(build_reply(outcome, request_method=request.method))
+        try:
+            await self._flush(writer)
+        except _SocketGone as exc:
+            logger.info("%s %s: the PTTH socket closed (%s)", request.method, _path(request), exc)
+            return None
+        answered = Responder()
+        answered.status = outcome.status
+        self._log_request(request.method, _path(request), answered, started)
+        return True
+
     @staticmethod
     async def _flush(writer: asyncio.StreamWriter) -> None:
         try:
             await writer.drain()
         except (ConnectionError, OSError) as exc:
             raise _SocketGone(str(exc)) from exc
+
+
+def _path(request: EmbeddedRequest) -> str:
+    return request.raw_path.decode("latin-1")

@@ -34,12 +34,15 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Event, State
 
 from .envelope import (
     AppResponse,
@@ -51,7 +54,8 @@ from .envelope import (
     parse_embedded_request,
     parse_request_head,
 )
-from .handlers import PublicSite
+from .handlers import ForwardHandler, GeneralPath, PublicSite
+from .origin_direct import DirectExchange
 from .registration import Registration
 from .streams import RequestBody, Responder
 from .worker import ConnectionWorker, error_response
@@ -93,12 +97,15 @@ class _Exchange:
         self.worker = worker
         self.ident = ident
         self.method = method
-        self.queue: asyncio.Queue[tuple[bytes, bool]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[bytes, bool]] | None = None  # streamed bodies only
         self.unacked = 0  # request body bytes received but not read by the handler yet
         self.responder = _WsResponder(worker, ident, method)
         self.task: asyncio.Task[None] | None = None
+        self.direct: DirectExchange | None = None  # relayed by callbacks (no task)
 
     async def pull(self) -> tuple[bytes, bool]:
+        if self.queue is None:
+            self.queue = asyncio.Queue()
         chunk, last = await self.queue.get()
         if chunk:
             self.unacked -= len(chunk)
@@ -106,8 +113,19 @@ class _Exchange:
         return chunk, last
 
     def feed(self, chunk: bytes, *, last: bool) -> None:
+        if self.queue is None:
+            self.queue = asyncio.Queue()
         self.unacked += len(chunk)
         self.queue.put_nowait((chunk, last))
+
+    def cancel(self) -> None:
+        """Stop working on the request: cancel its task, or drop its direct exchange."""
+        if self.task is not None:
+            self.task.cancel()
+        elif self.direct is not None:
+            direct, self.direct = self.direct, None
+            direct.abort()
+            self.worker._exchange_done(self)
 
 
 class _WsResponder(Responder):
@@ -122,11 +140,24 @@ class _WsResponder(Responder):
         self.method = method
         self.stream_threshold = worker.stream_threshold
         self._credit = 0  # the gateway grants the first window when it accepts response-start
-        self._credit_changed = asyncio.Event()
+        self._credit_changed: asyncio.Event | None = None  # made when first waited for
 
     def grant(self, amount: int) -> None:
         self._credit += amount
-        self._credit_changed.set()
+        if self._credit_changed is not None:
+            self._credit_changed.set()
+
+    def send_nowait(self, response: AppResponse) -> None:
+        """:meth:`send` for a response no larger than ``stream_threshold``, from a callback.
+
+        Raises:
+            _StreamAborted: the WebSocket is closed.
+        """
+        message = build_reply(response, request_method=self.method)
+        self.status = response.status
+        self.started = True
+        self.worker.send_frame_nowait("response", self.ident, message)
+        self.finished = True
 
     async def send(self, response: AppResponse) -> None:
         body = response.body
@@ -155,6 +186,8 @@ class _WsResponder(Responder):
         view = memoryview(data)
         while view:
             while self._credit <= 0:  # never more than the gateway allowed
+                if self._credit_changed is None:
+                    self._credit_changed = asyncio.Event()
                 self._credit_changed.clear()
                 await self._credit_changed.wait()
             size = min(len(view), CHUNK_SIZE, self._credit)
@@ -165,6 +198,32 @@ class _WsResponder(Responder):
     async def end(self) -> None:
         await self.worker.send_frame("end", self.ident, b"")
         self.finished = True
+
+
+class _DirectConnection(ClientConnection):
+    """A client connection that hands whole binary messages to ``on_message`` as they arrive.
+
+    ``websockets`` queues every message for a ``recv()`` in another task, which costs a task
+    wake-up per frame. Here a complete (unfragmented) binary frame goes to the callback in the
+    event-loop turn that parsed it. Anything else (text, fragments, or any frame while earlier
+    ones still wait in the queue, so that order is kept) takes the library's queue, which the
+    worker still reads.
+    """
+
+    on_message: Callable[[bytes], None] | None = None
+
+    def process_event(self, event: Event) -> None:
+        on_message = self.on_message
+        if (
+            on_message is not None
+            and isinstance(event, Frame)
+            and event.opcode is Opcode.BINARY
+            and event.fin
+            and not self.recv_messages.frames  # nothing queued before it
+        ):
+            on_message(bytes(event.data))
+            return
+        super().process_event(event)
 
 
 class WebSocketWorker(ConnectionWorker):
@@ -181,6 +240,8 @@ class WebSocketWorker(ConnectionWorker):
         self._quiet = asyncio.Event()  # no exchange in flight
         self._quiet.set()
         self._site: PublicSite | None = None
+        self._forward = self._handler if isinstance(self._handler, ForwardHandler) else None
+        self._sends: set[asyncio.Task[None]] = set()  # frames that had to wait to be sent
 
     @property
     def in_flight(self) -> int:
@@ -209,6 +270,7 @@ class WebSocketWorker(ConnectionWorker):
                     open_timeout=OPEN_TIMEOUT,
                     close_timeout=CLOSE_TIMEOUT,
                     user_agent_header=_user_agent(),
+                    create_connection=_DirectConnection,
                 ) as ws:
                     opened = time.monotonic()
                     code = await self._serve_socket(ws, registration)
@@ -233,7 +295,11 @@ class WebSocketWorker(ConnectionWorker):
             await self._failed(f"the WebSocket closed (code {code})")
 
     async def _serve_socket(self, ws: ClientConnection, registration: Registration) -> int | None:
-        """Serve one open socket until it closes; returns the close code."""
+        """Serve one open socket until it closes; returns the close code.
+
+        Whole binary messages are handled in the callback that parsed them
+        (:class:`_DirectConnection`); this loop reads the rest from the library's queue.
+        """
         _set_nodelay(ws)
         self._ws = ws
         self._site = self.site(registration)
@@ -244,22 +310,39 @@ class WebSocketWorker(ConnectionWorker):
             logger.debug(
                 "websocket %d: connected, serving %d at once", self.index, self.concurrency
             )
+            if isinstance(ws, _DirectConnection):
+                ws.on_message = self._on_message
             async for data in ws:
-                if isinstance(data, str):
-                    continue  # the protocol has binary frames only
-                try:
-                    kind, ident, payload = msgpack.unpackb(data, raw=False)
-                except (ValueError, TypeError, msgpack.ExtraData, msgpack.UnpackException):
-                    logger.warning("websocket %d: ignoring an undecodable frame", self.index)
-                    continue
-                await self._on_frame(kind, ident, payload)
+                if isinstance(data, bytes):  # the protocol has binary frames only
+                    self._on_message(data)
         except (ConnectionClosed, _StreamAborted):
             pass
         finally:
+            if isinstance(ws, _DirectConnection):
+                ws.on_message = None
             drainer.cancel()
             self._ws = None
             await self._cancel_exchanges("the WebSocket closed")
         return ws.close_code
+
+    def _on_message(self, data: bytes) -> None:
+        try:
+            kind, ident, payload = msgpack.unpackb(data, raw=False)
+        except (ValueError, TypeError, msgpack.ExtraData, msgpack.UnpackException):
+            logger.warning("websocket %d: ignoring an undecodable frame", self.index)
+            return
+        try:
+            self._on_frame(kind, ident, payload)
+        except Exception:
+            # Called from the connection's data_received: an error here must not break the
+            # socket for the other requests on it. A request it hit is answered 500.
+            logger.exception("websocket %d: failed to handle a %r frame", self.index, kind)
+            if kind == "request" and isinstance(ident, str):
+                exchange = self._exchanges.get(ident)
+                if exchange is None or (exchange.task is None and exchange.direct is None):
+                    if exchange is not None:
+                        self._exchange_done(exchange)
+                    self._reply_nowait(ident, error_response(500, "Internal Server Error"))
 
     async def _close_when_stopping(self, ws: ClientConnection) -> None:
         """Once stopping: close as soon as the requests in hand are answered (or on abort)."""
@@ -277,10 +360,15 @@ class WebSocketWorker(ConnectionWorker):
             await ws.close(1000, "client stopping")
 
     async def send_frame(self, kind: str, ident: str, payload: Any) -> None:
+        await self._send_data(_pack(kind, ident, payload))
+
+    async def _send_data(self, data: bytes) -> None:
         ws = self._ws
         if ws is None:
             raise _StreamAborted("the WebSocket is closed")
-        data = _pack(kind, ident, payload)
+        if self._can_write_now(ws):
+            self._write_now(ws, data)
+            return
         async with self._send_lock:
             try:
                 # One frame is written whole; never leave the socket mid-frame on cancellation.
@@ -288,39 +376,85 @@ class WebSocketWorker(ConnectionWorker):
             except ConnectionClosed as exc:
                 raise _StreamAborted("the WebSocket closed") from exc
 
+    def send_frame_nowait(self, kind: str, ident: str, payload: Any) -> None:
+        """Send a frame from a callback: at once when the socket takes it, else in a task that
+        keeps the order of the frames already waiting.
+
+        Raises:
+            _StreamAborted: the WebSocket is closed.
+        """
+        ws = self._ws
+        if ws is None:
+            raise _StreamAborted("the WebSocket is closed")
+        data = _pack(kind, ident, payload)
+        if self._can_write_now(ws):
+            self._write_now(ws, data)
+            return
+        task = asyncio.ensure_future(self._send_later(data))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _send_later(self, data: bytes) -> None:
+        with contextlib.suppress(_StreamAborted):
+            await self._send_data(data)
+
+    def _can_write_now(self, ws: ClientConnection) -> bool:
+        """True if a frame written now cannot overtake another or overfill the socket."""
+        return (
+            not self._send_lock.locked()
+            and ws.send_in_progress is None
+            and not ws.paused
+            and ws.protocol.state is State.OPEN
+        )
+
+    @staticmethod
+    def _write_now(ws: ClientConnection, data: bytes) -> None:
+        """What ``ws.send(data)`` does when it need not wait (websockets' sans-I/O protocol)."""
+        ws.protocol.send_binary(data)
+        try:
+            ws.send_data()
+        except Exception as exc:  # as websockets' send_context: the connection is broken
+            ws.set_connection_exc(exc)
+            ws.transport.abort()
+            raise _StreamAborted("the WebSocket closed") from exc
+
     # Frames -----------------------------------------------------------------------------------
 
-    async def _on_frame(self, kind: object, ident: object, payload: object) -> None:
+    def _on_frame(self, kind: object, ident: object, payload: object) -> None:
         if not isinstance(ident, str):
             return
         exchange = self._exchanges.get(ident)
         if kind == "request" and isinstance(payload, list) and len(payload) >= 3:
-            await self._on_request(ident, payload)
+            self._on_request(ident, payload)
         elif kind in ("body", "end") and isinstance(payload, bytes):
             if exchange is not None:
                 exchange.feed(payload, last=kind == "end")
             elif kind == "body" and payload:
                 # A body nobody reads any more (answered early, refused): let the rest through.
-                await self._ack(ident, len(payload))
+                self._ack(ident, len(payload))
         elif kind == "window" and isinstance(payload, int):
             if exchange is not None:
                 exchange.responder.grant(payload)
         elif kind == "error":
-            if exchange is not None and exchange.task is not None:
+            if exchange is not None and (exchange.task is not None or exchange.direct is not None):
                 logger.info(
                     "websocket %d: the gateway cancelled a request: %s", self.index, payload
                 )
-                exchange.task.cancel()
+                exchange.cancel()
             else:
                 logger.debug("websocket %d: error frame for %s: %s", self.index, ident, payload)
         else:
             logger.debug("websocket %d: ignoring a %r frame", self.index, kind)
 
-    async def _ack(self, ident: str, amount: int) -> None:
+    def _ack(self, ident: str, amount: int) -> None:
         with contextlib.suppress(_StreamAborted):
-            await self.send_frame("window", ident, amount)
+            self.send_frame_nowait("window", ident, amount)
 
-    async def _on_request(self, ident: str, payload: list[Any]) -> None:
+    def _reply_nowait(self, ident: str, response: AppResponse) -> None:
+        with contextlib.suppress(_StreamAborted):
+            self.send_frame_nowait("response", ident, build_reply(response))
+
+    def _on_request(self, ident: str, payload: list[Any]) -> None:
         envelope, requesting_client, streamed = payload[0], payload[1], bool(payload[2])
         client = requesting_client if isinstance(requesting_client, str) else None
         try:
@@ -332,17 +466,18 @@ class WebSocketWorker(ConnectionWorker):
             logger.warning(
                 "websocket %d: bad embedded request (%s); answering 400", self.index, exc
             )
-            reply = build_reply(error_response(400, "The gateway delivered a malformed request"))
-            with contextlib.suppress(_StreamAborted):
-                await self.send_frame("response", ident, reply)
+            self._reply_nowait(
+                ident, error_response(400, "The gateway delivered a malformed request")
+            )
             return
         if self._stopping.is_set():
             reply = error_response(503, "The application is shutting down")
             reply.headers.append((b"retry-after", b"1"))
-            with contextlib.suppress(_StreamAborted):
-                await self.send_frame("response", ident, build_reply(reply))
+            self._reply_nowait(ident, reply)
             return
         exchange = _Exchange(self, ident, request.method)
+        if not streamed and self._forward is not None and self._forward_nowait(exchange, request):
+            return
         if streamed:
             length = request.header(b"content-length")
             body = RequestBody(
@@ -357,16 +492,85 @@ class WebSocketWorker(ConnectionWorker):
 
     # Handling ---------------------------------------------------------------------------------
 
-    async def _run_exchange(
-        self, exchange: _Exchange, request: EmbeddedRequest, body: RequestBody
-    ) -> None:
+    def _forward_nowait(self, exchange: _Exchange, request: EmbeddedRequest) -> bool:
+        """Forward mode: relay a whole request by callbacks (:mod:`.origin_direct`).
+
+        False if the handler declined (the caller starts the general task). A response that
+        needs the general path after all (streaming, a retry) continues in a task from there.
+        """
+        assert self._forward is not None
         started = time.monotonic()
+        site = self._site or PublicSite("http", "localhost", 80, "")
+        responder = exchange.responder
+
+        def on_response(response: AppResponse) -> None:
+            if exchange.direct is None:
+                return  # cancelled meanwhile
+            exchange.direct = None
+            try:
+                responder.send_nowait(response)
+            except _StreamAborted:
+                logger.info(
+                    "%s %s: the WebSocket closed before the response was sent", *_mp(request)
+                )
+            except Exception:  # as the general path: a response that cannot be sent is a 500
+                logger.exception(
+                    "websocket %d: the application failed on %s %s", self.index, *_mp(request)
+                )
+                self._reply_nowait(exchange.ident, error_response(500, "Internal Server Error"))
+            else:
+                self._log_request(request.method, _mp(request)[1], responder, started)
+            self._exchange_done(exchange)
+
+        def on_general(finish: GeneralPath) -> None:
+            if exchange.direct is None:
+                return
+            exchange.direct = None
+            exchange.task = asyncio.ensure_future(
+                self._run_exchange(exchange, request, None, finish=finish, started=started)
+            )
+
+        direct = self._forward.forward_nowait(
+            request,
+            site,
+            max_body=responder.stream_threshold,
+            on_response=on_response,
+            on_general=on_general,
+        )
+        if direct is None:
+            return False
+        exchange.direct = direct
+        self._exchanges[exchange.ident] = exchange
+        self._quiet.clear()
+        return True
+
+    def _exchange_done(self, exchange: _Exchange) -> None:
+        if self._exchanges.get(exchange.ident) is exchange:
+            del self._exchanges[exchange.ident]
+        if not self._exchanges:
+            self._quiet.set()
+
+    async def _run_exchange(
+        self,
+        exchange: _Exchange,
+        request: EmbeddedRequest,
+        body: RequestBody | None,
+        *,
+        finish: GeneralPath | None = None,
+        started: float | None = None,
+    ) -> None:
+        """Run the handler for one request (or ``finish``, the rest of a direct one)."""
+        started = time.monotonic() if started is None else started
         responder = exchange.responder
         path = request.raw_path.decode("latin-1")
         site = self._site or PublicSite("http", "localhost", 80, "")
         completed = False
         try:
-            await self._handler.serve(request, body, site, responder)
+            if finish is not None:
+                await finish(responder)
+            else:
+                assert body is not None
+                await self._handler.serve(request, body, site, responder)
             if not responder.finished:
                 raise RuntimeError("the handler returned without completing its response")
             completed = True
@@ -381,11 +585,9 @@ class WebSocketWorker(ConnectionWorker):
             )
             completed = await self._fail(exchange)
         finally:
-            self._exchanges.pop(exchange.ident, None)
-            if not self._exchanges:
-                self._quiet.set()
+            self._exchange_done(exchange)
         if exchange.unacked > 0:  # body the handler did not read: let the gateway finish
-            await self._ack(exchange.ident, exchange.unacked)
+            self._ack(exchange.ident, exchange.unacked)
             exchange.unacked = 0
         if completed:
             self._log_request(request.method, path, responder, started)
@@ -419,9 +621,10 @@ class WebSocketWorker(ConnectionWorker):
             "websocket %d: cancelling %d request(s) in flight: %s", self.index, len(exchanges), why
         )
         tasks = [exchange.task for exchange in exchanges if exchange.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks, timeout=5.0)
+        for exchange in exchanges:
+            exchange.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
 
 
 def _mp(request: EmbeddedRequest) -> tuple[str, str]:

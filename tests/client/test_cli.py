@@ -224,3 +224,18 @@ def test_usage_error_for_ptth_without_its_address():
     )  # fmt: skip
     assert result.returncode == 2
     assert "--transport ptth needs --ptth HOST:PORT" in result.stderr
+
+
+def test_loop_choice() -> None:
+    import uvloop
+
+    from reversehttp_gateway.client.cli import build_parser, loop_factory
+
+    assert loop_factory("auto") is uvloop.new_event_loop  # installed with uvicorn[standard]
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    assert loop_factory("asyncio") is None
+    args = build_parser().parse_args(
+        ["expose", "http://127.0.0.1:1", "--gateway", "http://g", "--name", "n"]
+        + ["--loop", "asyncio"]
+    )
+    assert args.loop == "asyncio"
