@@ -677,14 +677,19 @@ class ForwardHandler(Handler):
                 http = self._httpx()
                 outgoing = http.build_request(request.method, url, headers=headers, content=content)
                 response = _HttpxResponse(await http.send(outgoing, stream=True))
-        except _TIMEOUTS:
-            await responder.send(self._timed_out())
-            return
-        except _FAILURES as exc:
-            logger.warning("cannot reach %s: %s", self.target, describe_transport_error(exc))
-            await responder.send(self._unreachable())
+        except (*_TIMEOUTS, *_FAILURES) as exc:
+            await self._send_failure(exc, responder)
             return
         await self._relay_guarded(request, response, responder)
+
+    async def _send_failure(self, exc: BaseException, responder: Responder) -> None:
+        """504 for a local server that did not answer in time, 502 (logged) for one that could
+        not be reached or broke off."""
+        if isinstance(exc, _TIMEOUTS):
+            await responder.send(self._timed_out())
+            return
+        logger.warning("cannot reach %s: %s", self.target, describe_transport_error(exc))
+        await responder.send(self._unreachable())
 
     async def _relay_guarded(
         self, request: EmbeddedRequest, response: _OriginResponse, responder: Responder
@@ -779,12 +784,8 @@ class ForwardHandler(Handler):
             response = await self._pool.resume(
                 connection, request.method.encode("ascii"), self.timeout
             )
-        except _TIMEOUTS:
-            await responder.send(self._timed_out())
-            return
-        except _FAILURES as exc:
-            logger.warning("cannot reach %s: %s", self.target, describe_transport_error(exc))
-            await responder.send(self._unreachable())
+        except (*_TIMEOUTS, *_FAILURES) as exc:
+            await self._send_failure(exc, responder)
             return
         await self._relay_guarded(request, response, responder)
 
