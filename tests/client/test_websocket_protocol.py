@@ -240,3 +240,80 @@ async def test_requests_arriving_while_stopping_get_503():
 )
 def test_websocket_url(private, expected):
     assert websocket_url(private) == expected
+
+
+async def test_an_error_frame_drops_a_request_on_the_callback_path():
+    """Forward mode relays a whole request by callbacks (client/origin_direct.py), with no
+    task to cancel. An ``error`` frame for it must still stop the work: the connection to the
+    local server is dropped (its answer can no longer be matched to anything), no response
+    frame is sent for the cancelled id, and the next requests are served as before."""
+    from reversehttp_gateway.client.handlers import ForwardHandler
+
+    from .raw_origin import Exchange, Origin, ok
+
+    hanging = asyncio.Event()
+    hung_up = asyncio.Event()  # the origin saw the client drop the hanging request
+
+    async def serve(exchange: Exchange) -> bool:
+        if exchange.request_line.split(" ")[1].endswith("/hang"):
+            hanging.set()
+            if await exchange.reader.read(1) == b"":
+                hung_up.set()
+            return False
+        await exchange.answer(ok(exchange.request_line.encode()))
+        return True
+
+    fake = FakeGateway()
+    async with (
+        Origin(serve) as origin,
+        websockets.serve(fake.handler, "127.0.0.1", 0, max_size=None) as server,
+    ):
+        port = server.sockets[0].getsockname()[1]
+        registrar = Registrar(None, "http://127.0.0.1:9/reversehttp", "demo")  # type: ignore[arg-type]
+        private = f"http://127.0.0.1:{port}/reversehttp/r/demo/secret"
+        registrar.latest = Registration(
+            "demo", private + "/first", "http://127.0.0.1:9/demo/", private, True
+        )
+        stopping = asyncio.Event()
+        handler = ForwardHandler(f"http://127.0.0.1:{origin.port}")
+        worker = WebSocketWorker(0, registrar, handler, stopping, concurrency=4)
+        running = asyncio.ensure_future(worker.run())
+
+        async def ask(ident: str, target: bytes) -> tuple[str, str, Any]:
+            head = b"GET %s HTTP/1.1\r\nHost: h\r\n\r\n" % target
+            await ws.send(pack("request", ident, [head, "127.0.0.1:5555", False]))
+            return await fake.next()
+
+        try:
+            ws = await asyncio.wait_for(fake.connected, 10)
+            assert await fake.next() == ("ready", "", 4)
+            # No idle connection yet: the general path, which leaves one in the pool.
+            kind, ident, reply = await ask("r1", b"/demo/warm")
+            assert (kind, ident) == ("response", "r1") and reply.startswith(b"HTTP/1.1 200 ")
+            assert handler._pool is not None and handler._pool.idle == 1
+
+            # This one takes the callback path on the kept connection, and hangs there.
+            hang = b"GET /demo/hang HTTP/1.1\r\nHost: h\r\n\r\n"
+            await ws.send(pack("request", "r2", [hang, "127.0.0.1:5555", False]))
+            await asyncio.wait_for(hanging.wait(), 5)
+            exchange = worker._exchanges["r2"]
+            assert exchange.direct is not None and exchange.task is None
+            assert worker.in_flight == 1 and origin.connections == 1
+
+            await ws.send(pack("error", "r2", "The requestor went away"))
+            await asyncio.wait_for(hung_up.wait(), 5)
+            assert worker.in_flight == 0
+            assert handler._pool.idle == 0  # the dropped connection is not reused
+            assert await fake.quiet(0.3) == []  # nothing answered for the cancelled id
+
+            # A late error frame for an id that is done is ignored; serving goes on.
+            await ws.send(pack("error", "r2", "again"))
+            kind, ident, reply = await ask("r3", b"/demo/after")
+            assert (kind, ident) == ("response", "r3") and reply.endswith(b"/after HTTP/1.1")
+            kind, ident, reply = await ask("r4", b"/demo/again")  # callback path again
+            assert (kind, ident) == ("response", "r4") and reply.endswith(b"/again HTTP/1.1")
+            assert origin.connections == 2 and worker.in_flight == 0
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            await handler.shutdown()
