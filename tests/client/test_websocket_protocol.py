@@ -95,16 +95,24 @@ class FakeGateway:
             return got
 
 
+def registered(port: int) -> Registrar:
+    """A registrar that already holds a registration of ``demo`` whose private URL is on the
+    fake gateway listening on ``port``."""
+    registrar = Registrar(None, "http://127.0.0.1:9/reversehttp", "demo")  # type: ignore[arg-type]
+    private = f"http://127.0.0.1:{port}/reversehttp/r/demo/secret"
+    registrar.latest = Registration(
+        "demo", private + "/first", "http://127.0.0.1:9/demo/", private, True
+    )
+    return registrar
+
+
 async def test_flow_control_error_frames_and_graceful_close():
     fake = FakeGateway()
     app = App()
     async with websockets.serve(fake.handler, "127.0.0.1", 0, max_size=None) as server:
         port = server.sockets[0].getsockname()[1]
-        registrar = Registrar(None, "http://127.0.0.1:9/reversehttp", "demo")  # type: ignore[arg-type]
+        registrar = registered(port)
         private = f"http://127.0.0.1:{port}/reversehttp/r/demo/secret"
-        registrar.latest = Registration(
-            "demo", private + "/first", "http://127.0.0.1:9/demo/", private, True
-        )
         assert websocket_url(private) == f"ws://127.0.0.1:{port}/reversehttp/r/demo/secret/ws"
         stopping = asyncio.Event()
         worker = WebSocketWorker(
@@ -200,11 +208,7 @@ async def test_requests_arriving_while_stopping_get_503():
     app = apps.Slow(delay=0.5)
     async with websockets.serve(fake.handler, "127.0.0.1", 0, max_size=None) as server:
         port = server.sockets[0].getsockname()[1]
-        registrar = Registrar(None, "http://127.0.0.1:9/reversehttp", "demo")  # type: ignore[arg-type]
-        private = f"http://127.0.0.1:{port}/reversehttp/r/demo/secret"
-        registrar.latest = Registration(
-            "demo", private + "/first", "http://127.0.0.1:9/demo/", private, True
-        )
+        registrar = registered(port)
         stopping = asyncio.Event()
         worker = WebSocketWorker(
             0, registrar, AsgiHandler(app, lifespan="off"), stopping, concurrency=2
@@ -269,11 +273,7 @@ async def test_an_error_frame_drops_a_request_on_the_callback_path():
         websockets.serve(fake.handler, "127.0.0.1", 0, max_size=None) as server,
     ):
         port = server.sockets[0].getsockname()[1]
-        registrar = Registrar(None, "http://127.0.0.1:9/reversehttp", "demo")  # type: ignore[arg-type]
-        private = f"http://127.0.0.1:{port}/reversehttp/r/demo/secret"
-        registrar.latest = Registration(
-            "demo", private + "/first", "http://127.0.0.1:9/demo/", private, True
-        )
+        registrar = registered(port)
         stopping = asyncio.Event()
         handler = ForwardHandler(f"http://127.0.0.1:{origin.port}")
         worker = WebSocketWorker(0, registrar, handler, stopping, concurrency=4)
