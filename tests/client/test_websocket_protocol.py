@@ -1,6 +1,7 @@
 """The client's side of the WebSocket protocol against a scripted fake gateway on loopback:
 flow control in both directions (never beyond the credit; request bodies acknowledged as read),
-``error`` frames cancelling a handler, and a graceful close."""
+``error`` frames cancelling a handler or a request relayed on forward mode's callback path, and
+a graceful close."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 
 from reversehttp_gateway.client.backoff import Backoff
-from reversehttp_gateway.client.handlers import AsgiHandler
+from reversehttp_gateway.client.handlers import AsgiHandler, ForwardHandler
 from reversehttp_gateway.client.registration import Registrar, Registration
 from reversehttp_gateway.client.websocket import WebSocketWorker, websocket_url
 
 from . import apps
+from .raw_origin import Exchange, Origin, ok
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -112,7 +114,8 @@ async def test_flow_control_error_frames_and_graceful_close():
     async with websockets.serve(fake.handler, "127.0.0.1", 0, max_size=None) as server:
         port = server.sockets[0].getsockname()[1]
         registrar = registered(port)
-        private = f"http://127.0.0.1:{port}/reversehttp/r/demo/secret"
+        assert registrar.latest is not None
+        private = registrar.latest.private_url
         assert websocket_url(private) == f"ws://127.0.0.1:{port}/reversehttp/r/demo/secret/ws"
         stopping = asyncio.Event()
         worker = WebSocketWorker(
@@ -251,10 +254,6 @@ async def test_an_error_frame_drops_a_request_on_the_callback_path():
     task to cancel. An ``error`` frame for it must still stop the work: the connection to the
     local server is dropped (its answer can no longer be matched to anything), no response
     frame is sent for the cancelled id, and the next requests are served as before."""
-    from reversehttp_gateway.client.handlers import ForwardHandler
-
-    from .raw_origin import Exchange, Origin, ok
-
     hanging = asyncio.Event()
     hung_up = asyncio.Event()  # the origin saw the client drop the hanging request
 
@@ -310,8 +309,9 @@ async def test_an_error_frame_drops_a_request_on_the_callback_path():
             await ws.send(pack("error", "r2", "again"))
             kind, ident, reply = await ask("r3", b"/demo/after")
             assert (kind, ident) == ("response", "r3") and reply.endswith(b"/after HTTP/1.1")
-            kind, ident, reply = await ask("r4", b"/demo/again")  # callback path again
+            kind, ident, reply = await ask("r4", b"/demo/again")
             assert (kind, ident) == ("response", "r4") and reply.endswith(b"/again HTTP/1.1")
+            # r3 opened the second connection, r4 reused it (kept alive: the callback path).
             assert origin.connections == 2 and worker.in_flight == 0
         finally:
             running.cancel()
