@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The relay benchmark of issue 5, in one command (docs/benchmarks.md).
 #
-#   bash bench/run.sh [--rounds N] [--duration S] [--quick] [--transports "longpoll websocket ptth"]
+#   bash bench/run.sh [--rounds N] [--duration S] [--quick]
+#                     [--transports "longpoll longpoll-pipeline websocket ptth"]
 #                     [--own-redis] [--broker redis|memory] [--no-install] [--no-nginx-origin]
 #                     [--hold SECONDS] [--server uvicorn|daphne]
 #                     [-- EXTRA compare.py ARGS]
@@ -16,8 +17,9 @@
 #           dir, vhost mode with VHOST_DOMAIN=gw.test:18250)     :18251  its PTTH listener
 #   :18259  a private redis-server, only if none answers on 127.0.0.1:6379 (or with --own-redis)
 #   one `reversehttp expose http://127.0.0.1:18201 --pollers 8` client per transport:
-#           benchlp (long-poll), benchws (--transport websocket), benchpt (--transport ptth);
-#           the last two only once `reversehttp expose --help` offers them
+#           benchlp (long-poll), benchlq (long-poll --pipeline: application/http batches),
+#           benchws (--transport websocket), benchpt (--transport ptth);
+#           each only once `reversehttp expose --help` offers it
 #
 # then runs compare.py over all targets, interleaved round by round, for GET 100 B and
 # POST 64 KiB at c=1, 10, 50, and writes var/bench/run-<stamp>.{json,md} (tables, issue-5
@@ -50,7 +52,7 @@ ARGS_GIVEN="$*"
 ROUNDS=3
 DURATION=10
 WARMUP=2
-TRANSPORTS="longpoll websocket ptth"
+TRANSPORTS="longpoll longpoll-pipeline websocket ptth"
 OWN_REDIS=""
 BROKER=redis
 INSTALL=1
@@ -231,6 +233,7 @@ HELP=$("$GW_BIN/reversehttp" expose --help 2>&1 || true)
 transport_arg() {  # how to ask the client for transport $1 (empty: not offered)
   case $1 in
     longpoll) echo "" ;;
+    longpoll-pipeline) if grep -q -- '--pipeline' <<<"$HELP"; then echo "--pipeline"; else echo "-"; fi ;;
     *) if grep -q -- '--transport' <<<"$HELP" && grep -qi "$1" <<<"$HELP"; then echo "--transport $1"; else echo "-"; fi ;;
   esac
 }
@@ -244,13 +247,14 @@ ROWS=""
 for t in $TRANSPORTS; do
   case $t in
     longpoll) name=benchlp; label=gw-longpoll ;;
+    longpoll-pipeline) name=benchlq; label=gw-longpoll-pipeline ;;
     websocket) name=benchws; label=gw-websocket ;;
     ptth) name=benchpt; label=gw-ptth ;;
     *) echo "unknown transport $t" >&2; exit 2 ;;
   esac
   targ=$(transport_arg "$t")
   if [ "$targ" = "-" ]; then
-    log "SKIPPED $t: 'reversehttp expose --help' offers no '--transport $t' yet"
+    log "SKIPPED $t: 'reversehttp expose --help' does not offer it yet"
     ROWS="$ROWS $t:skipped"
     continue
   fi

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from reversehttp_gateway.queue import redis_broker
 from reversehttp_gateway.queue.base import PublicRequest, RegistrationGone, Reply, Taken, Ticket
 from reversehttp_gateway.queue.redis_broker import RedisBroker
+from reversehttp_gateway.transports import longpoll
 
 pytestmark = pytest.mark.asyncio
 
@@ -143,6 +144,29 @@ async def test_requestor_gone_before_bind_leaves_nothing_to_claim(pair):
         assert await (a if answered_here else b).claim(slot) is None
     assert await keys_of(raw, a, "req") == []
     assert await raw.zcard(a._k("inflight", "k3")) == 0  # nothing counts as being answered
+
+
+async def test_claim_batch_takes_a_pipeline_in_one_call_from_either_process(pair):
+    """RH-26, RH-47: positions slot.0.. claimed in order, None where the requestor left, by the
+    process that bound them (no reload) or by another (from the records); once."""
+    a, b, raw = pair
+    await a.activate("k9", "demo9")
+    for claimer, slot in ((a, "slot-9a"), (b, "slot-9b")):
+        handed = [await hand_over(a, a, "k9", public_request(b"GET /%d" % i)) for i in range(3)]
+        for index, (_, taken) in enumerate(handed):
+            assert await a.bind(f"{slot}.{index}", taken, 10)
+        left, _ = handed[1]
+        assert not await a.withdraw(left)  # its requestor hung up (as relay() does)
+        a.forget(left)
+        batch = await claimer.claim_batch(slot, 8)
+        assert [r.envelope if r else None for r in batch] == [b"GET /0", None, b"GET /2"]
+        assert await claimer.claim_batch(slot, 8) == []  # once
+        assert await a.claim_batch(slot, 8) == [] and await b.claim_batch(slot, 8) == []
+    single_ticket, single = await hand_over(a, a, "k9")
+    assert await a.bind("slot-9c", single, 10)
+    claimed = await b.claim_batch("slot-9c", 8)
+    assert [r.request_id for r in claimed] == [single_ticket.request_id]
+    assert await keys_of(raw, a, "req") == [] and await keys_of(raw, a, "slot") == []
 
 
 async def test_put_back_of_a_local_request_queues_it_for_every_process(pair):
@@ -368,3 +392,22 @@ async def test_spilled_requests_are_not_passed_by_newer_held_ones(holding):
     await answer_here(a, "slot-h8-2", second, b"newer")
     assert (await asyncio.wait_for(older.reply, 1)).body == b"older"
     assert (await asyncio.wait_for(newer.reply, 1)).body == b"newer"
+
+
+async def test_pipeline_of_held_requests_ends_before_a_busy_position(holding):
+    """RH-26, RH-30: held requests join a pipeline bound in one round trip; a position already
+    bound elsewhere (another poller on the same URL) ends the batch, and the requests from there
+    on go back to the queue, none lost."""
+    a, _, raw = holding
+    await a.activate("h9", "held9")
+    await busy_poller(a, "h9")
+    tickets = [await a.enqueue("h9", public_request(b"GET /%d" % i)) for i in range(4)]
+    first = await a.take_nowait("h9", shared=False)
+    assert first is not None and first.request.request_id == tickets[0].request_id
+    await raw.set(a._k("slot", "p9.2"), "someone-else")
+    batch = await longpoll._take_more_held(a, "h9", "p9")
+    assert [t.request.request_id for t in batch] == [tickets[1].request_id]
+    assert await raw.get(a._k("slot", "p9.3")) is None  # bound behind the gap: taken back
+    rest = [await a.take("h9", 1, asyncio.Event()) for _ in range(2)]
+    # Back at the head of the queue (their order there can race with the dispatcher's pop).
+    assert {t.request.request_id for t in rest if t} == {t.request_id for t in tickets[2:]}

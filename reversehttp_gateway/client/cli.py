@@ -149,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 4)",
     )
     common.add_argument(
+        "--pipeline",
+        action="store_true",
+        default=os.environ.get("REVERSEHTTP_PIPELINE", "") not in ("", "0"),
+        help="long-poll: let one poll take several queued requests (application/http), answered "
+        "concurrently and replied to together; fewer round trips under load (env "
+        "REVERSEHTTP_PIPELINE=1)",
+    )
+    common.add_argument(
         "--transport",
         choices=TRANSPORTS,
         default=os.environ.get("REVERSEHTTP_TRANSPORT", "longpoll"),
@@ -278,6 +286,7 @@ async def run(args: argparse.Namespace, handler: Handler, description: str) -> i
         pollers=args.pollers,
         transport=args.transport,
         ptth_url=args.ptth if args.transport == "ptth" else None,
+        pipeline=args.pipeline,
     )
     try:
         public_url = await client.start()

@@ -1,6 +1,8 @@
 """The ``message/http`` envelopes on the application's side of the gateway.
 
 A poll answers with one embedded HTTP request; the application POSTs back one HTTP response.
+An ``application/http`` poll answer (RH-26) holds several requests, answered by the same number
+of responses, concatenated in the same order.
 Requests are parsed by :func:`.http1_wire.parse_request` with h11's server-side rules, so
 framing, header syntax and the request line are checked exactly as a real HTTP server would.
 Replies are always framed by ``Content-Length``, which every ReverseHttp gateway accepts
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 
 from ..protocol.embedded_request import HOP_BY_HOP
-from .http1_wire import ProtocolError, Request, parse_request
+from .http1_wire import ProtocolError, Request, parse_request, parse_requests
 
 __all__ = [
     "AppResponse",
@@ -28,6 +30,7 @@ __all__ = [
     "relayed_headers",
     "status_line",
     "parse_embedded_request",
+    "parse_embedded_requests",
     "parse_requesting_client",
 ]
 
@@ -107,6 +110,28 @@ def parse_embedded_request(data: bytes, *, requesting_client: str | None = None)
     except ProtocolError as exc:
         raise InvalidEmbeddedRequest(str(exc)) from None
     return _embedded(request, requesting_client)
+
+
+def parse_embedded_requests(
+    data: bytes, *, requesting_client: str | None = None
+) -> list[EmbeddedRequest]:
+    """Parse the body of an ``application/http`` 200: requests in queue order (RH-26).
+
+    ``requesting_client`` is the ``Requesting-Client`` header: this gateway lists one address
+    per request, comma-separated; a gateway that sends one address gives it to the first.
+
+    Raises:
+        InvalidEmbeddedRequest: ``data`` is not a sequence of complete HTTP/1.x requests.
+    """
+    try:
+        requests = parse_requests(data)
+    except ProtocolError as exc:
+        raise InvalidEmbeddedRequest(str(exc)) from None
+    clients = [part.strip() for part in requesting_client.split(",")] if requesting_client else []
+    return [
+        _embedded(request, clients[index] if index < len(clients) else None)
+        for index, request in enumerate(requests)
+    ]
 
 
 def parse_request_head(data: bytes, *, requesting_client: str | None = None) -> EmbeddedRequest:

@@ -24,6 +24,7 @@ __all__ = [
     "ResponseHead",
     "ResponseParser",
     "parse_request",
+    "parse_requests",
     "request_head",
 ]
 
@@ -175,13 +176,34 @@ def parse_request(data: bytes, *, head_only: bool = False) -> Request:
     Raises:
         ProtocolError: ``data`` does not start with one complete, valid HTTP/1.x request.
     """
-    if data[:1] == b"\n" or data[:2] == b"\r\n":
+    return _parse_at(data, 0, head_only=head_only, chunked_ok=True)[0]
+
+
+def parse_requests(data: bytes) -> list[Request]:
+    """Every request of an ``application/http`` pipeline, in order (RH-26).
+
+    Each request's body is framed by ``Content-Length`` (or has none), as a gateway writes them.
+
+    Raises:
+        ProtocolError: ``data`` is empty, holds an invalid or incomplete request, or a chunked one.
+    """
+    requests: list[Request] = []
+    start = 0
+    while start < len(data) or not requests:
+        request, start = _parse_at(data, start, head_only=False, chunked_ok=False)
+        requests.append(request)
+    return requests
+
+
+def _parse_at(data: bytes, start: int, *, head_only: bool, chunked_ok: bool) -> tuple[Request, int]:
+    """The request starting at ``data[start]`` and the offset just after it."""
+    if data[start : start + 1] == b"\n" or data[start : start + 2] == b"\r\n":
         raise ProtocolError("no request line received")
-    blank = _BLANK_LINE.search(data)
+    blank = _BLANK_LINE.search(data, start)
     if blank is None:
         raise ProtocolError("incomplete request head")
     end = blank.end()
-    lines = _lines(data[:end])
+    lines = _lines(data[start:end])
     match = _REQUEST_LINE.fullmatch(lines[0])
     if match is None:
         raise ProtocolError(f"illegal request line: {lines[0]!r}")
@@ -197,6 +219,8 @@ def parse_request(data: bytes, *, head_only: bool = False) -> Request:
     if head_only:
         pass
     elif chunked:
+        if not chunked_ok:
+            raise ProtocolError("a chunked request in a pipeline")
         parser = ResponseParser()
         parser.feed(data[end:])
         parser.feed_eof()
@@ -207,6 +231,7 @@ def parse_request(data: bytes, *, head_only: bool = False) -> Request:
         if piece is None:  # pragma: no cover - at the end of the data the parser decides
             raise ProtocolError("incomplete chunked body")
         body = b"".join(pieces)
+        end = len(data)
     elif length is not None:
         size = int(length)
         body = data[end : end + size]
@@ -214,7 +239,8 @@ def parse_request(data: bytes, *, head_only: bool = False) -> Request:
             raise ProtocolError(
                 f"incomplete request body (received {len(body)} bytes, expected {size})"
             )
-    return Request(method, target, version, headers, body)
+        end += size
+    return Request(method, target, version, headers, body), end
 
 
 class ResponseParser:

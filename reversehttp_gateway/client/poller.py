@@ -8,6 +8,11 @@
   poller): register again and start over from the new ``rel="first"`` URL.
 - Network errors, 5xx and 429: wait with exponential backoff and jitter, then retry the same URL;
   a gateway that lost our 200 in transit delivers the same request again (RH-29).
+
+With ``pipeline`` the GET asks for ``application/http`` as well (RH-26): a gateway with a backlog
+may then deliver several queued requests in one 200; they are answered concurrently and replied
+to in one POST, in the same order. Fewer polls and replies per request under load; the cost is
+that the batch's replies leave together, when its slowest request is answered.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from .envelope import (
     InvalidEmbeddedRequest,
     build_reply,
     parse_embedded_request,
+    parse_embedded_requests,
 )
 from .errors import ClientError, RegistrationRefused
 from .gateway_http import TRANSPORT_ERRORS, GatewayAnswer, GatewayHttp
@@ -39,6 +45,8 @@ logger = logging.getLogger("reversehttp_gateway.client")
 
 REPLY_ATTEMPTS = 4
 REPLY_TIMEOUT = 30.0  # reading the answer to a reply (connecting: 10 s)
+SINGLE = "message/http"
+PIPELINE = "application/http"
 
 
 # One link as the gateway writes it (protocol/links.format_link_header), with an absolute
@@ -70,6 +78,7 @@ class Poller:
 
     ``first`` is the registration to start from; without one the poller registers itself.
     ``poll_timeout`` bounds one GET and must exceed the gateway's hold time (25 s by default).
+    ``pipeline``: accept ``application/http`` batches (see the module docstring).
     """
 
     def __init__(
@@ -83,6 +92,7 @@ class Poller:
         first: Registration | None = None,
         poll_timeout: float = 90.0,
         backoff: Backoff | None = None,
+        pipeline: bool = False,
     ) -> None:
         self.index = index
         self._http = http
@@ -91,6 +101,7 @@ class Poller:
         self._stopping = stopping
         self._first = first
         self._poll_timeout = poll_timeout
+        self._accept = f"{PIPELINE}, {SINGLE}" if pipeline else SINGLE
         self._backoff = backoff or Backoff()
         self._site: PublicSite | None = None
         self._waiting: asyncio.Future[GatewayAnswer] | None = None
@@ -170,7 +181,7 @@ class Poller:
     async def _get(self, url: str) -> GatewayAnswer | None:
         self._aborted = False
         self._waiting = asyncio.ensure_future(
-            self._http.get(url, headers={"Accept": "message/http"}, timeout=self._poll_timeout)
+            self._http.get(url, headers={"Accept": self._accept}, timeout=self._poll_timeout)
         )
         try:
             return await self._waiting
@@ -204,6 +215,10 @@ class Poller:
     # Serving ----------------------------------------------------------------------------------
 
     async def _serve(self, url: str, delivered: GatewayAnswer) -> None:
+        content_type = (delivered.header("content-type") or "").partition(";")[0]
+        if content_type.strip().lower() == PIPELINE:
+            await self._serve_pipeline(url, delivered)
+            return
         started = time.monotonic()
         method, path = "-", "-"
         try:
@@ -228,6 +243,38 @@ class Poller:
             "%s %s %d %.1fms", method, path, answer.status, (time.monotonic() - started) * 1000
         )
 
+    async def _serve_pipeline(self, url: str, delivered: GatewayAnswer) -> None:
+        """Answer an ``application/http`` batch: concurrently, replied in order in one POST."""
+        started = time.monotonic()
+        try:
+            requests = parse_embedded_requests(
+                delivered.content, requesting_client=delivered.header("requesting-client")
+            )
+        except InvalidEmbeddedRequest as exc:
+            # Without the requests their number is unknown: one error response makes the gateway
+            # refuse the batch, and every requestor gets a 502 at once rather than a timeout.
+            logger.warning("poller %d: bad pipelined requests (%s); answering 400", self.index, exc)
+            answer = _error_response(400, "The gateway delivered a malformed request")
+            await self._reply(url, build_reply(answer), "-", "-", PIPELINE)
+            return
+        answers = await asyncio.gather(*(self._answer(request) for request in requests))
+        replies = []
+        for request, answer in zip(requests, answers, strict=True):
+            try:
+                replies.append(build_reply(answer, request_method=request.method))
+            except ValueError as exc:
+                logger.error("poller %d: cannot send the response: %s", self.index, exc)
+                invalid = _error_response(502, "The application's response was invalid")
+                replies.append(build_reply(invalid, request_method=request.method))
+        first = requests[0]
+        path = first.raw_path.decode("latin-1")
+        await self._reply(url, b"".join(replies), first.method, path, PIPELINE)
+        self.relayed += len(requests)
+        elapsed = (time.monotonic() - started) * 1000
+        for request, answer in zip(requests, answers, strict=True):
+            path = request.raw_path.decode("latin-1")
+            logger.info("%s %s %d %.1fms", request.method, path, answer.status, elapsed)
+
     async def _answer(self, request: EmbeddedRequest) -> AppResponse:
         site = self._site or PublicSite("http", "localhost", 80, "")
         try:
@@ -243,7 +290,9 @@ class Poller:
             )
             return _error_response(500, "Internal Server Error")
 
-    async def _reply(self, url: str, body: bytes, method: str, path: str) -> None:
+    async def _reply(
+        self, url: str, body: bytes, method: str, path: str, content_type: str = SINGLE
+    ) -> None:
         """POST the reply to the URL that delivered the request (RH-45), retrying briefly."""
         backoff = Backoff(0.2, 2.0)
         for attempt in range(REPLY_ATTEMPTS):
@@ -252,7 +301,7 @@ class Poller:
                 response = await self._http.post(
                     url,
                     content=body,
-                    headers={"Content-Type": "message/http"},
+                    headers={"Content-Type": content_type},
                     timeout=REPLY_TIMEOUT,
                 )
             except TRANSPORT_ERRORS as exc:

@@ -72,6 +72,8 @@ class AsyncGatewayClient:
     ``transport`` is ``"longpoll"`` (default), ``"websocket"`` (one WebSocket carrying up to
     ``pollers`` requests at once; large bodies stream both ways) or ``"ptth"`` (``pollers``
     reversed sockets to the gateway's PTTH listener at ``ptth_url``, ``"host:port"``).
+    ``pipeline`` (long-poll only) lets each poll take several queued requests at once as an
+    ``application/http`` batch (RH-26), answered concurrently and replied to together.
     ``stream_threshold`` is the response body size above which the WebSocket transport sends a
     whole response as a stream (and forward mode streams the local server's response).
     ``token`` proves ownership of the label across restarts (random if omitted);
@@ -99,6 +101,7 @@ class AsyncGatewayClient:
         transport: str = "longpoll",
         ptth_url: str | None = None,
         stream_threshold: int = 256 * 1024,
+        pipeline: bool = False,
     ) -> None:
         if pollers < 1:
             raise ValueError("pollers must be at least 1")
@@ -111,6 +114,7 @@ class AsyncGatewayClient:
         self.transport = transport
         self.ptth_address = parse_ptth_address(ptth_url) if ptth_url else None
         self.stream_threshold = stream_threshold
+        self.pipeline = pipeline
         self.service_url = normalize_service_url(gateway)
         self.name = name
         self.handler: Handler = as_handler(app, strip_prefix=strip_prefix)
@@ -258,6 +262,7 @@ class AsyncGatewayClient:
                 first=first,
                 poll_timeout=self.poll_timeout,
                 backoff=backoff(),
+                pipeline=self.pipeline,
             )
             for index, first in enumerate(firsts)
         ]

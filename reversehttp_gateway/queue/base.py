@@ -233,8 +233,12 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def take_nowait(self, key: str) -> Taken | None:
-        """The next queued request of ``key`` if there is one now (for pipelines, RH-26)."""
+    async def take_nowait(self, key: str, *, shared: bool = True) -> Taken | None:
+        """The next queued request of ``key`` if there is one now (for pipelines, RH-26).
+
+        ``shared=False``: only a request this process holds, without I/O (the shared queue is
+        left to the dispatcher).
+        """
 
     @abc.abstractmethod
     async def bind(
@@ -259,6 +263,24 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def claim(self, slot: str) -> PublicRequest | None:
         """Claim the request delivered on ``slot``, once; None if nothing is pending (RH-47)."""
+
+    async def claim_batch(self, slot: str, limit: int) -> list[PublicRequest | None]:
+        """Claim what was delivered on ``slot``, once (RH-47, RH-53).
+
+        ``[request]`` for a single delivery on ``slot``; for a pipeline (RH-26), one entry per
+        position ``slot.0``, ``slot.1``... (at most ``limit``), in order, None where the
+        requestor left meanwhile. Empty when nothing is pending or every requestor left.
+        """
+        single = await self.claim(slot)
+        if single is not None:
+            return [single]
+        batch: list[PublicRequest | None] = []
+        while len(batch) < limit:
+            request = await self.claim(f"{slot}.{len(batch)}")
+            if request is None:
+                break
+            batch.append(request)
+        return batch
 
     @abc.abstractmethod
     async def route_reply(self, request: PublicRequest, reply: Reply) -> None:

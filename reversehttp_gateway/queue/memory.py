@@ -24,6 +24,7 @@ from .base import (
 )
 
 QUEUE_GONE_MESSAGE = "The application's registration was deleted"
+SLOT_GRACE = 30.0  # seconds a slot outlives its request (as the Redis broker's records)
 _DATA, _END, _ABORT = 0, 1, 2
 
 
@@ -47,6 +48,9 @@ class MemoryBroker(Broker):
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._live: dict[str, PublicRequest] = {}
         self._slots: dict[str, str] = {}
+        # When each slot may be forgotten: kept past its request's deadline, so that a reply
+        # still finds the positions of a batch whose requestors left (RH-26, RH-47).
+        self._slot_expiry: dict[str, float] = {}
         self._inflight: dict[str, dict[str, float]] = collections.defaultdict(dict)
         self._seen: dict[str, float] = {}
 
@@ -166,7 +170,7 @@ class MemoryBroker(Broker):
         waiters.append(waiter)
         return None
 
-    async def take_nowait(self, key: str) -> Taken | None:
+    async def take_nowait(self, key: str, *, shared: bool = True) -> Taken | None:
         queue = self._queues.get(key)
         while queue:
             request = queue.popleft()
@@ -187,6 +191,7 @@ class MemoryBroker(Broker):
         if current is not None and current in self._live:
             return False
         self._slots[slot] = taken.request.request_id
+        self._slot_expiry[slot] = taken.request.deadline + SLOT_GRACE
         self._inflight[taken.key][taken.request.request_id] = taken.request.deadline
         self._seen[taken.key] = now()
         return True
@@ -207,12 +212,22 @@ class MemoryBroker(Broker):
 
     def claim_nowait(self, slot: str) -> PublicRequest | None:
         request_id = self._slots.pop(slot, None)
+        self._slot_expiry.pop(slot, None)
         if request_id is None:
             return None
         request = self._live.pop(request_id, None)
         for inflight in self._inflight.values():
             inflight.pop(request_id, None)
         return request
+
+    async def claim_batch(self, slot: str, limit: int) -> list[PublicRequest | None]:
+        if slot in self._slots:
+            single = self.claim_nowait(slot)
+            return [single] if single is not None else []
+        batch: list[PublicRequest | None] = []
+        while len(batch) < limit and f"{slot}.{len(batch)}" in self._slots:
+            batch.append(self.claim_nowait(f"{slot}.{len(batch)}"))
+        return batch if any(batch) else []
 
     async def route_reply(self, request: PublicRequest, reply: Reply) -> None:
         self.route_reply_nowait(request, reply)
@@ -285,9 +300,10 @@ class MemoryBroker(Broker):
         for request_id, request in list(self._live.items()):
             if request.deadline < moment - 5:
                 del self._live[request_id]
-        for slot, request_id in list(self._slots.items()):
-            if request_id not in self._live:
-                del self._slots[slot]
+        for slot, expiry in list(self._slot_expiry.items()):
+            if expiry < moment:
+                del self._slot_expiry[slot]
+                self._slots.pop(slot, None)
         for key, inflight in list(self._inflight.items()):
             for request_id, deadline in list(inflight.items()):
                 if deadline < moment:

@@ -127,6 +127,38 @@ for _, v in ipairs(data) do result[#result + 1] = v end
 return result
 """
 
+# Claim a single delivery on ARGV[2], or else a pipeline's positions ARGV[4], ARGV[6]... in
+# order until one is missing: for each, as _CLAIM. ARGV[i + 1] is the key of a request this
+# process bound there ('' if none: its hash is returned). Returns the flat list
+# {n, id, deleted, #hash, hash...} per claimed slot, n being its place among the candidates.
+_CLAIM_BATCH = """
+local prefix = ARGV[1]
+local out = {}
+local function claim(n)
+  local id = redis.call('GETDEL', prefix .. 'slot:' .. ARGV[2 * n])
+  if not id then return false end
+  local record = prefix .. 'req:' .. id
+  local key = ARGV[2 * n + 1]
+  local data = {}
+  if key == '' then
+    key = redis.call('HGET', record, 'key')
+    data = redis.call('HGETALL', record)
+  end
+  local deleted = redis.call('DEL', record)
+  if key then redis.call('ZREM', prefix .. 'inflight:' .. key, id) end
+  out[#out + 1] = n
+  out[#out + 1] = id
+  out[#out + 1] = deleted
+  out[#out + 1] = #data
+  for _, v in ipairs(data) do out[#out + 1] = v end
+  return true
+end
+if claim(1) then return out end
+local n = 2
+while 2 * n + 1 <= #ARGV and claim(n) do n = n + 1 end
+return out
+"""
+
 
 class _Dispatcher:
     """This process's pollers of one key, fed by a single blocking pop."""
@@ -569,9 +601,9 @@ class RedisBroker(Broker):
             dispatcher.task = asyncio.ensure_future(self._dispatch(key, dispatcher))
         return None
 
-    async def take_nowait(self, key: str) -> Taken | None:
+    async def take_nowait(self, key: str, *, shared: bool = True) -> Taken | None:
         held = self._next_held(key)
-        if held is not None:
+        if held is not None or not shared:
             return held
         queue, taking = self._k("q", key), self._k("taking", self._proc)
         async with self._guard():
@@ -797,6 +829,32 @@ class RedisBroker(Broker):
         if held is not None:  # bound by this process: no reload
             return held if held.request_id == request_id else None
         return self._from_hash(request_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    async def claim_batch(self, slot: str, limit: int) -> list[PublicRequest | None]:
+        if slot in self._local_slots:
+            single = self.claim_nowait(slot)
+            return [single] if single is not None else []
+        candidates = [slot] + [f"{slot}.{index}" for index in range(limit)]
+        held = [self._bound.pop(candidate, None) for candidate in candidates]
+        args = [x for c, h in zip(candidates, held, strict=True) for x in (c, h.key if h else "")]
+        async with self._guard():
+            result = await self._link.call("EVAL", _CLAIM_BATCH, 0, self._k(""), *args)
+        batch: list[PublicRequest | None] = []
+        position = 0
+        while position < len(result):
+            index, request_id, deleted, size = result[position : position + 4]
+            flat = result[position + 4 : position + 4 + size]
+            position += 4 + size
+            request_id = request_id.decode()
+            mine = held[index - 1]
+            if not deleted:  # withdrawn: its requestor left or timed out (RH-47)
+                batch.append(None)
+            elif mine is not None:  # bound by this process: no reload
+                batch.append(mine if mine.request_id == request_id else None)
+            else:
+                fields = dict(zip(flat[::2], flat[1::2], strict=True))
+                batch.append(self._from_hash(request_id, fields))
+        return batch if any(batch) else []
 
     def route_reply_nowait(self, request: PublicRequest, reply: Reply) -> bool:
         if request.origin != self._proc:

@@ -8,6 +8,7 @@ responses in the same order (RH-26, RH-72). Request ``i`` of such a batch is bou
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from .. import capabilities
@@ -61,12 +62,17 @@ def _batch_slot(slot: str, index: int) -> str:
 def _delivery_headers(
     address: RegistrationAddress, requests: list[PublicRequest], pipelined: bool
 ) -> list[tuple[bytes, bytes]]:
-    """Headers of a 200 poll response with a fresh rel="next" Request URL (RH-21)."""
+    """Headers of a 200 poll response with a fresh rel="next" Request URL (RH-21).
+
+    ``Requesting-Client`` of a pipeline lists each request's requestor, comma-separated, in the
+    batch's order (the first one alone is what a single delivery would say, RH-28).
+    """
     next_url = address.request_url(capabilities.new_slot(address.key))
+    clients = ", ".join(request.requesting_client for request in requests)
     return [
         (b"content-type", PIPELINE_TYPE if pipelined else b"message/http"),
         (b"link", f'<{next_url}>; rel="next"'.encode()),
-        (b"requesting-client", requests[0].requesting_client.encode()),
+        (b"requesting-client", clients.encode()),
     ]
 
 
@@ -84,11 +90,13 @@ async def _pending(broker: Broker, slot: str, pipelined: bool) -> list[PublicReq
     return batch
 
 
-async def _take_more(broker: Broker, key: str, slot: str) -> list[Taken]:
+async def _take_more(broker: Broker, first: Taken, slot: str) -> list[Taken]:
     """Requests already queued behind the first one of a pipeline, bound to ``slot.<i>``."""
+    if first.local:
+        return await _take_more_held(broker, first.key, slot)
     more: list[Taken] = []
     while len(more) + 1 < gateway_settings.PIPELINE_MAX:
-        taken = await broker.take_nowait(key)
+        taken = await broker.take_nowait(first.key)
         if taken is None:
             break
         batch_slot = _batch_slot(slot, len(more) + 1)
@@ -99,6 +107,29 @@ async def _take_more(broker: Broker, key: str, slot: str) -> list[Taken]:
             break  # answered with an error; the batch ends before it
         more.append(taken)
     return more
+
+
+async def _take_more_held(broker: Broker, key: str, slot: str) -> list[Taken]:
+    """:func:`_take_more` after a request held in this process: only others held here join
+    it (no round trip to the shared queue, whole bodies only), bound in one round trip."""
+    more: list[Taken] = []
+    while len(more) + 1 < gateway_settings.PIPELINE_MAX:
+        taken = await broker.take_nowait(key, shared=False)
+        if taken is None:
+            break
+        more.append(taken)
+    if not more:
+        return []
+    slots = [_batch_slot(slot, index + 1) for index in range(len(more))]
+    bound = await asyncio.gather(*(broker.bind(s, t, 0) for s, t in zip(slots, more, strict=True)))
+    if all(bound):
+        return more
+    cut = bound.index(False)  # another poller on this URL (SlotBusy): the batch ends before it
+    for batch_slot, taken, ok in reversed(list(zip(slots, more, bound, strict=True))[cut:]):
+        if ok:
+            await broker.claim(batch_slot)
+        await broker.put_back(taken)  # in reverse: back at the head in their order (RH-30)
+    return more[:cut]
 
 
 async def poll(
@@ -139,51 +170,44 @@ async def poll(
                 link = f'<{address.request_url(slot)}>; rel="next"'.encode()
                 await respond(send, 204, [(b"link", link)])
             return
-        more = await _take_more(broker, address.key, slot) if pipelined else []
+        more = await _take_more(broker, taken, slot) if pipelined else []
         requests = [taken.request] + [t.request for t in more]
     body = b"".join(request.envelope for request in requests)
     await respond(send, 200, _delivery_headers(address, requests, pipelined), body, head=head)
 
 
-async def _claim_all(broker: Broker, slot: str) -> list[PublicRequest]:
-    """The request(s) delivered on ``slot``, claimed once (RH-47, RH-53)."""
-    single = await broker.claim(slot)
-    if single is not None:
-        return [single]
-    batch: list[PublicRequest] = []
-    while len(batch) < gateway_settings.PIPELINE_MAX:
-        request = await broker.claim(_batch_slot(slot, len(batch)))
-        if request is None:
-            break
-        batch.append(request)
-    return batch
-
-
-async def _fail_all(broker: Broker, requests: list[PublicRequest], reply: Reply) -> None:
+async def _fail_all(broker: Broker, requests: list[PublicRequest | None], reply: Reply) -> None:
     for request in requests:
-        await broker.route_reply(request, reply)
+        if request is not None:
+            await broker.route_reply(request, reply)
 
 
 async def reply(scope: Scope, receive: Receive, send: Send, broker: Broker, slot: str) -> None:
-    """Accept the application's response(s) for what was delivered on ``slot`` (RH-45..RH-53)."""
+    """Accept the application's response(s) for what was delivered on ``slot`` (RH-45..RH-53).
+
+    A pipeline's reply answers every position of the batch, in order, including those whose
+    requestor left meanwhile (their responses are dropped; the others are delivered).
+    """
     try:
         body = await read_body(scope, receive, gateway_settings.MAX_BODY_SIZE)
     except ClientDisconnected:
         return
     except BodyTooLarge:
         too_large = Reply.error(502, "The application's response was too large")
-        await _fail_all(broker, await _claim_all(broker, slot), too_large)
+        claimed = await broker.claim_batch(slot, gateway_settings.PIPELINE_MAX)
+        await _fail_all(broker, claimed, too_large)
         await respond_error(send, 413, "Response body too large")
         return
-    requests = await _claim_all(broker, slot)
+    requests = await broker.claim_batch(slot, gateway_settings.PIPELINE_MAX)
     if not requests:
         await respond_error(send, 404, "Request key not found")  # RH-47
         return
+    # A position whose requestor left has no method any more: its response is parsed as GET's.
+    methods = [request.method if request is not None else "GET" for request in requests]
     try:
         if len(requests) == 1:
-            responses = [parse_embedded_response(body, request_method=requests[0].method)]
+            responses = [parse_embedded_response(body, request_method=methods[0])]
         else:
-            methods = [request.method for request in requests]
             responses = parse_embedded_responses(body, request_methods=methods)
     except InvalidResponse as exc:  # RH-48: 400 to the app, 502 to the requestor(s)
         await _fail_all(broker, requests, Reply.error(502, BAD_REPLY_MESSAGE))
@@ -191,6 +215,8 @@ async def reply(scope: Scope, receive: Receive, send: Send, broker: Broker, slot
         return
     via = "pipeline" if len(requests) > 1 else "longpoll"
     for request, parsed in zip(requests, responses, strict=True):
+        if request is None:
+            continue
         relayed = Reply(parsed.status, parsed.asgi_headers(), parsed.body, parsed.reason, via=via)
         await broker.route_reply(request, relayed)
     await respond(send, 202, [])  # RH-46

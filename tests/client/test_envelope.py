@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from reversehttp_gateway.client import AppResponse, PublicSite, is_asgi_app
 from reversehttp_gateway.client.backoff import Backoff
@@ -10,9 +12,11 @@ from reversehttp_gateway.client.envelope import (
     InvalidEmbeddedRequest,
     build_reply,
     parse_embedded_request,
+    parse_embedded_requests,
     parse_requesting_client,
 )
 from reversehttp_gateway.client.registration import normalize_service_url
+from reversehttp_gateway.protocol.embedded_request import build_embedded_request
 from reversehttp_gateway.protocol.embedded_response import parse_embedded_response
 
 
@@ -42,6 +46,68 @@ def test_parse_embedded_request_frames_by_content_length():
 def test_parse_embedded_request_refuses_bad_envelopes(data):
     with pytest.raises(InvalidEmbeddedRequest):
         parse_embedded_request(data)
+
+
+_HEADER_VALUES = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=8)
+_DELIVERED = st.tuples(
+    st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"]),
+    st.sampled_from([b"/", b"/demo/a%2Fb?x=1", b"/x?y=%20&z", b"*"]),
+    st.lists(
+        st.tuples(st.sampled_from([b"X-A", b"Cookie", b"Accept"]), _HEADER_VALUES), max_size=3
+    ),
+    st.binary(max_size=300),
+    st.tuples(st.integers(1, 255), st.integers(1, 65535)),
+)
+
+
+@given(st.lists(_DELIVERED, min_size=1, max_size=8))
+def test_parse_embedded_requests_splits_what_the_gateway_pipelines(delivered):
+    """RH-26: a pipeline of envelopes as the gateway builds them, split back request by request,
+    each with its own Requesting-Client (RH-28)."""
+    data = b"".join(
+        build_embedded_request(
+            method=method,
+            target=target,
+            http_version="1.1",
+            headers=[(name, value.encode()) for name, value in headers],
+            body=body,
+            default_host=b"gw.test",
+        )
+        for method, target, headers, body, _ in delivered
+    )
+    clients = ", ".join(f"10.0.0.{host}:{port}" for *_, (host, port) in delivered)
+    parsed = parse_embedded_requests(data, requesting_client=clients)
+    assert len(parsed) == len(delivered)
+    for request, (method, target, headers, body, (host, port)) in zip(
+        parsed, delivered, strict=True
+    ):
+        assert (request.method, request.target, request.body) == (method, target, body)
+        assert [(n, v) for n, v in request.headers if n not in (b"host", b"content-length")] == [
+            (name.lower(), value.encode()) for name, value in headers
+        ]
+        assert request.requesting_client == (f"10.0.0.{host}", port)
+
+
+def test_a_single_requesting_client_goes_to_the_first_request():
+    data = b"GET /a HTTP/1.1\r\nHost: gw\r\n\r\nGET /b HTTP/1.1\r\nHost: gw\r\n\r\n"
+    first, second = parse_embedded_requests(data, requesting_client="1.2.3.4:5")
+    assert (first.target, first.requesting_client) == (b"/a", ("1.2.3.4", 5))
+    assert (second.target, second.requesting_client) == (b"/b", None)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"GET /a HTTP/1.1\r\nHost: gw\r\n\r\nGET /b HTTP/1.1\r\nHost: gw\r\n",
+        b"POST /a HTTP/1.1\r\nHost: gw\r\nContent-Length: 3\r\n\r\nabGET / HTTP/1.1\r\n\r\n",
+        b"POST /a HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: gw\r\n\r\n\r\n",
+    ],
+)
+def test_parse_embedded_requests_refuses_broken_pipelines(data):
+    with pytest.raises(InvalidEmbeddedRequest):
+        parse_embedded_requests(data)
 
 
 def test_requesting_client_forms():

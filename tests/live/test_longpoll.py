@@ -367,6 +367,10 @@ async def test_application_http_pipeline(gateway, client):
     batch = await client.get(reg.first, headers=accept)
     assert batch.status_code == 200
     assert batch.headers["Content-Type"] == "application/http"
+    # RH-28 per request: one address each, in the batch's order.
+    assert re.fullmatch(
+        r"127\.0\.0\.1:\d+(, 127\.0\.0\.1:\d+){2}", batch.headers["Requesting-Client"]
+    )
     assert [
         line.split(b" ")[1][-2:]
         for line in batch.content.split(b"\r\n")
@@ -398,6 +402,36 @@ async def test_short_pipeline_reply_is_400_and_all_requestors_get_502(gateway, c
     short = envelope(headers={"Content-Length": "1"}, body=b"0")
     assert (await client.post(reg.first, content=short)).status_code == 400
     assert [(await p).status_code for p in publics] == [502, 502]
+
+
+async def test_pipeline_reply_reaches_the_requestors_still_waiting(gateway, client):
+    """RH-26, RH-47: a requestor of a batch who left does not cost the others their answers;
+    its position is still answered (and its response dropped)."""
+    reg = await register(client, gateway.service_url, unique_label())
+    host, port = gateway.service_url.split("//")[1].split("/")[0].split(":")
+    target = reg.public.split(f"{port}", 1)[1]
+    publics = []
+    leaving: asyncio.StreamWriter | None = None
+    for i in range(3):
+        if i == 1:  # a requestor who hangs up while its request is delivered
+            _, leaving = await asyncio.open_connection(host, int(port))
+            leaving.write(f"GET {target}w1 HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            await leaving.drain()
+        else:
+            publics.append(asyncio.ensure_future(client.get(reg.public + f"w{i}")))
+        await asyncio.sleep(0.1)
+    batch = await client.get(reg.first, headers={"Accept": "application/http"})
+    assert batch.content.count(b" HTTP/1.1\r\n") == 3
+    assert leaving is not None
+    leaving.close()
+    await asyncio.sleep(0.5)  # the gateway notices and withdraws it
+    pipeline = b"".join(
+        envelope(headers={"Content-Length": "1"}, body=str(i).encode()) for i in range(3)
+    )
+    assert (await client.post(reg.first, content=pipeline)).status_code == 202
+    assert [(await p).text for p in publics] == ["0", "2"]
+    again = await client.post(reg.first, content=pipeline)
+    assert again.status_code == 404  # RH-47: answered once
 
 
 @pytest.mark.parametrize(
