@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Flag", "wait_either"]
+__all__ = ["Flag", "settle_by", "wait_either"]
 
 
 class Flag(asyncio.Event):
@@ -73,5 +73,43 @@ async def wait_either(
     finally:
         future.remove_done_callback(wake)
         flag.remove_callback(wake)
+        if timer is not None:
+            timer.cancel()
+
+
+async def settle_by(
+    future: asyncio.Future[Any], flag: asyncio.Event, timeout: float | None = None
+) -> None:
+    """Wait for ``future``, resolving it with None if ``flag`` is set or ``timeout`` passes
+    first (so that whoever would complete it sees it done and passes it by).
+
+    The task wakes straight from ``future`` (one event-loop turn after it is completed, where
+    :func:`wait_either` takes two). Read the outcome with ``future.result()``, which also
+    raises the exception ``future`` was completed with.
+    """
+    if future.done():
+        return
+    if flag.is_set():
+        future.set_result(None)
+        return
+    if not isinstance(flag, Flag):
+        await wait_either(future, flag, timeout)
+        if not future.done():
+            future.set_result(None)
+        return
+
+    def give_up(_: object = None) -> None:
+        if not future.done():
+            future.set_result(None)
+
+    flag.add_callback(give_up)
+    loop = asyncio.get_running_loop()
+    timer = loop.call_later(max(timeout, 0), give_up) if timeout is not None else None
+    try:
+        await future
+    except Exception:  # the caller reads it with future.result()
+        pass
+    finally:
+        flag.remove_callback(give_up)
         if timer is not None:
             timer.cancel()

@@ -169,6 +169,25 @@ async def test_claim_batch_takes_a_pipeline_in_one_call_from_either_process(pair
     assert await keys_of(raw, a, "req") == [] and await keys_of(raw, a, "slot") == []
 
 
+async def test_delivered_here_knows_local_deliveries_without_claiming_them(pair):
+    """A long-poll reply reaching the process that delivered the request may answer its
+    requestor before the claim's round trip; any other process must claim first."""
+    a, b, _ = pair
+    await a.activate("k8", "demo8")
+    handed = [await hand_over(a, a, "k8", public_request(b"GET /%d" % i)) for i in range(2)]
+    for index, (_, taken) in enumerate(handed):
+        assert await a.bind(f"slot-8.{index}", taken, 10)
+    here = a.delivered_here("slot-8", 8)
+    assert [r.request_id for r in here or []] == [t.request.request_id for _, t in handed]
+    assert b.delivered_here("slot-8", 8) is None  # not delivered by b
+    assert len(await a.claim_batch("slot-8", 8)) == 2  # not claimed by delivered_here
+    assert a.delivered_here("slot-8", 8) is None
+    ticket, taken = await hand_over(b, a, "k8")  # requestor in a, poller in b
+    assert await b.bind("slot-8x", taken, 10)
+    assert b.delivered_here("slot-8x", 8) is None  # b does not hold the requestor
+    assert [r.request_id for r in await b.claim_batch("slot-8x", 8)] == [ticket.request_id]
+
+
 async def test_put_back_of_a_local_request_queues_it_for_every_process(pair):
     """RH-30: a poller that left before handover; the request goes to the head of the queue."""
     a, b, _ = pair

@@ -321,6 +321,13 @@ class Broker(abc.ABC):
         """:meth:`route_reply` when the requestor is held here; False otherwise."""
         return False
 
+    def delivered_here(self, slot: str, limit: int) -> list[PublicRequest] | None:
+        """What this process delivered on ``slot`` and still holds the requestors of (as
+        :meth:`claim_batch` would return it), without I/O and without claiming; None if not
+        known here. A reply may be routed to them before the claim's round trip completes:
+        a requestor is answered once whatever else happens (the first reply wins)."""
+        return None
+
     # Streams: a bounded byte channel per streamed body, between any two processes.
     @abc.abstractmethod
     async def stream_write(

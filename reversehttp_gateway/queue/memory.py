@@ -6,7 +6,7 @@ import asyncio
 import collections
 
 from ..ids import new_id
-from ..waiting import wait_either
+from ..waiting import settle_by
 from .base import (
     Activity,
     Broker,
@@ -145,13 +145,12 @@ class MemoryBroker(Broker):
         if taken is not None:
             return taken
         try:
-            await wait_either(waiter, disconnected, timeout)
+            await settle_by(waiter, disconnected, timeout)
         finally:
             self._seen[key] = now()
-        if not waiter.done():
-            waiter.cancel()
-            return None
         taken = waiter.result()  # raises RegistrationGone
+        if taken is None:  # timed out, or the poller left
+            return None
         if disconnected.is_set():
             await self.put_back(taken)
             return None

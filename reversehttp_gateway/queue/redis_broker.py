@@ -42,7 +42,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..ids import new_id
-from ..waiting import wait_either
+from ..waiting import settle_by
 from .backlog import Backlog
 from .base import (
     Activity,
@@ -573,13 +573,12 @@ class RedisBroker(Broker):
         held = self.poll_nowait(key, waiter)
         if held is not None:
             return held
-        await wait_either(waiter, disconnected, timeout)
-        if not waiter.done():
-            waiter.cancel()
+        await settle_by(waiter, disconnected, timeout)
+        taken = waiter.result()  # raises RegistrationGone
+        if taken is None:  # timed out, or the poller left
             with contextlib.suppress(RedisError):
                 await self._redis.set(self._k("seen", key), repr(now()))
             return None
-        taken = waiter.result()  # raises RegistrationGone
         if disconnected.is_set():
             await self.put_back(taken)
             return None
@@ -855,6 +854,17 @@ class RedisBroker(Broker):
                 fields = dict(zip(flat[::2], flat[1::2], strict=True))
                 batch.append(self._from_hash(request_id, fields))
         return batch if any(batch) else []
+
+    def delivered_here(self, slot: str, limit: int) -> list[PublicRequest] | None:
+        single = self._bound.get(slot)
+        if single is not None:
+            return [single] if single.origin == self._proc else None
+        batch: list[PublicRequest] = []
+        while len(batch) < limit and (request := self._bound.get(f"{slot}.{len(batch)}")):
+            if request.origin != self._proc:
+                return None
+            batch.append(request)
+        return batch or None
 
     def route_reply_nowait(self, request: PublicRequest, reply: Reply) -> bool:
         if request.origin != self._proc:

@@ -186,19 +186,22 @@ async def reply(scope: Scope, receive: Receive, send: Send, broker: Broker, slot
     """Accept the application's response(s) for what was delivered on ``slot`` (RH-45..RH-53).
 
     A pipeline's reply answers every position of the batch, in order, including those whose
-    requestor left meanwhile (their responses are dropped; the others are delivered).
+    requestor left meanwhile (their responses are dropped; the others are delivered). When this
+    process delivered them and holds their requestors, the responses go out before the claim's
+    round trip; its outcome only decides between 202 and 404 for the application.
     """
+    limit = gateway_settings.PIPELINE_MAX
     try:
         body = await read_body(scope, receive, gateway_settings.MAX_BODY_SIZE)
     except ClientDisconnected:
         return
     except BodyTooLarge:
         too_large = Reply.error(502, "The application's response was too large")
-        claimed = await broker.claim_batch(slot, gateway_settings.PIPELINE_MAX)
-        await _fail_all(broker, claimed, too_large)
+        await _fail_all(broker, await broker.claim_batch(slot, limit), too_large)
         await respond_error(send, 413, "Response body too large")
         return
-    requests = await broker.claim_batch(slot, gateway_settings.PIPELINE_MAX)
+    early = broker.delivered_here(slot, limit)
+    requests = early if early is not None else await broker.claim_batch(slot, limit)
     if not requests:
         await respond_error(send, 404, "Request key not found")  # RH-47
         return
@@ -211,6 +214,8 @@ async def reply(scope: Scope, receive: Receive, send: Send, broker: Broker, slot
             responses = parse_embedded_responses(body, request_methods=methods)
     except InvalidResponse as exc:  # RH-48: 400 to the app, 502 to the requestor(s)
         await _fail_all(broker, requests, Reply.error(502, BAD_REPLY_MESSAGE))
+        if early is not None:
+            await broker.claim_batch(slot, limit)
         await respond_error(send, 400, str(exc))
         return
     via = "pipeline" if len(requests) > 1 else "longpoll"
@@ -219,4 +224,9 @@ async def reply(scope: Scope, receive: Receive, send: Send, broker: Broker, slot
             continue
         relayed = Reply(parsed.status, parsed.asgi_headers(), parsed.body, parsed.reason, via=via)
         await broker.route_reply(request, relayed)
+    if early is not None and not await broker.claim_batch(slot, limit):
+        # Answered through another process meanwhile, or every requestor left: the first
+        # reply won (a requestor is answered once) and this one counts as a duplicate.
+        await respond_error(send, 404, "Request key not found")  # RH-47
+        return
     await respond(send, 202, [])  # RH-46
