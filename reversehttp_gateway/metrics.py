@@ -117,6 +117,11 @@ class GatewayMetrics:
             ("transport", *extra),
             registry=registry,
         )
+        self.direct_replies = Counter(
+            f"{PREFIX}_direct_replies",
+            "Long-poll replies answered on the direct path (no ASGI task; docs/direct-path.md).",
+            registry=registry,
+        )
         self.duration = Histogram(
             f"{PREFIX}_relay_duration_seconds",
             "Time from a public request's arrival until its response was sent.",
@@ -241,6 +246,12 @@ def install() -> GatewayMetrics | None:
     _state.metrics, _state.registry = metrics, registry
     _state.unsubscribe = events.subscribe(metrics.observe)
     return metrics
+
+
+def count_direct_reply() -> None:
+    """One long-poll reply answered on the direct path (``reply_direct.py``)."""
+    if _state.metrics is not None:
+        _state.metrics.direct_replies.inc()
 
 
 def authorized(scope: Scope) -> bool:

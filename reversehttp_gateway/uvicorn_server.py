@@ -41,6 +41,7 @@ except ImportError:  # websockets without its C extension
 from .conf import gateway_settings
 from .http import content_length
 from .public_direct import DirectExchange, exchange_for
+from .reply_direct import DirectReply, reply_exchange_for
 from .server import ServingBase
 from .transports.websocket import DIRECT_EXTENSION, ChannelClosed
 
@@ -297,21 +298,24 @@ if HttpToolsProtocol is not None:
 
     class GatewayHttpToolsProtocol(_GatewayProtocol, HttpToolsProtocol):
         """uvicorn's httptools (llhttp) protocol with the gateway's limits, and the direct path
-        for public requests (docs/direct-path.md): a request that may go direct starts no ASGI
-        task; its :class:`~.public_direct.DirectExchange` gets the body and answers through
+        for public requests and long-poll replies (docs/direct-path.md): a request that may go
+        direct starts no ASGI task; its :class:`~.public_direct.DirectExchange` (or
+        :class:`~.reply_direct.DirectReply`) gets the body and answers through
         :class:`_CycleWriter`, or declines and the ASGI task starts after all."""
 
         # The request started on the direct path whose body is still arriving, and the one
         # whose response is not complete (the same request, or the previous one).
-        _pending_direct: tuple[Any, DirectExchange, Any] | None = None
-        _direct: tuple[Any, DirectExchange] | None = None
+        _pending_direct: tuple[Any, DirectExchange | DirectReply, Any] | None = None
+        _direct: tuple[Any, DirectExchange | DirectReply] | None = None
 
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
             self._canonical_cycle()
 
         def _start_asgi_task(self, cycle: Any, app: Any) -> None:
-            exchange = None if cycle.waiting_for_100_continue else exchange_for(cycle.scope)
+            exchange: DirectExchange | DirectReply | None = None
+            if not cycle.waiting_for_100_continue:
+                exchange = exchange_for(cycle.scope) or reply_exchange_for(cycle.scope)
             if exchange is None:
                 super()._start_asgi_task(cycle, app)
                 return

@@ -228,6 +228,19 @@ class MemoryBroker(Broker):
             batch.append(self.claim_nowait(f"{slot}.{len(batch)}"))
         return batch if any(batch) else []
 
+    def delivered_here(self, slot: str, limit: int) -> list[PublicRequest] | None:
+        names = [slot] if slot in self._slots else [f"{slot}.{i}" for i in range(limit)]
+        batch: list[PublicRequest] = []
+        for name in names:
+            request_id = self._slots.get(name)
+            if request_id is None:
+                break
+            request = self._live.get(request_id)
+            if request is None:
+                return None  # its requestor left: claim_batch() knows the positions
+            batch.append(request)
+        return batch or None
+
     async def route_reply(self, request: PublicRequest, reply: Reply) -> None:
         self.route_reply_nowait(request, reply)
 

@@ -182,6 +182,23 @@ async def _fail_all(broker: Broker, requests: list[PublicRequest | None], reply:
             await broker.route_reply(request, reply)
 
 
+def parse_replies(requests: list[PublicRequest | None], body: bytes) -> list[Reply]:
+    """The application's response(s) in ``body`` to ``requests``, in order (RH-48..RH-51).
+
+    A position whose requestor left has no method any more: its response is parsed as GET's.
+
+    Raises:
+        InvalidResponse: not exactly one valid response per request.
+    """
+    methods = [request.method if request is not None else "GET" for request in requests]
+    if len(requests) == 1:
+        responses = [parse_embedded_response(body, request_method=methods[0])]
+    else:
+        responses = parse_embedded_responses(body, request_methods=methods)
+    via = "pipeline" if len(requests) > 1 else "longpoll"
+    return [Reply(p.status, p.asgi_headers(), p.body, p.reason, via=via) for p in responses]
+
+
 async def reply(scope: Scope, receive: Receive, send: Send, broker: Broker, slot: str) -> None:
     """Accept the application's response(s) for what was delivered on ``slot`` (RH-45..RH-53).
 
@@ -205,25 +222,17 @@ async def reply(scope: Scope, receive: Receive, send: Send, broker: Broker, slot
     if not requests:
         await respond_error(send, 404, "Request key not found")  # RH-47
         return
-    # A position whose requestor left has no method any more: its response is parsed as GET's.
-    methods = [request.method if request is not None else "GET" for request in requests]
     try:
-        if len(requests) == 1:
-            responses = [parse_embedded_response(body, request_method=methods[0])]
-        else:
-            responses = parse_embedded_responses(body, request_methods=methods)
+        replies = parse_replies(requests, body)
     except InvalidResponse as exc:  # RH-48: 400 to the app, 502 to the requestor(s)
         await _fail_all(broker, requests, Reply.error(502, BAD_REPLY_MESSAGE))
         if early is not None:
             await broker.claim_batch(slot, limit)
         await respond_error(send, 400, str(exc))
         return
-    via = "pipeline" if len(requests) > 1 else "longpoll"
-    for request, parsed in zip(requests, responses, strict=True):
-        if request is None:
-            continue
-        relayed = Reply(parsed.status, parsed.asgi_headers(), parsed.body, parsed.reason, via=via)
-        await broker.route_reply(request, relayed)
+    for request, relayed in zip(requests, replies, strict=True):
+        if request is not None:
+            await broker.route_reply(request, relayed)
     if early is not None and not await broker.claim_batch(slot, limit):
         # Answered through another process meanwhile, or every requestor left: the first
         # reply won (a requestor is answered once) and this one counts as a duplicate.

@@ -197,6 +197,56 @@ async def test_timeouts_on_the_direct_path(start_gateway, broker):
             assert response.status_code == 504 and "Timeout waiting" in response.text
 
 
+def direct_replies(text: str) -> float:
+    return value(parse(text), "reversehttp_gateway_direct_replies_total")
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+async def test_long_poll_replies_take_the_direct_path_with_the_same_rules(start_gateway, broker):
+    """RH-45..RH-48 on the direct reply path: 202 and the requestor answered; a duplicate 404;
+    a bad response, a CORS request and a reply for a request delivered by nobody take the ASGI
+    path (400 and 502; CORS headers; 404)."""
+    gateway = start_gateway(
+        broker, server="uvicorn", METRICS_TOKEN=TOKEN, CORS_ALLOWED_ORIGINS="http://app.test"
+    )
+
+    async def replies() -> float:
+        return direct_replies((await client.get(gateway.url + "/metrics", headers=AUTH)).text)
+
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg = await register(client, gateway.service_url, unique_label())
+        url = reg.first
+        for index, (reply, origin) in enumerate(
+            [
+                (envelope(headers={"Content-Length": "2"}, body=b"ok"), None),
+                (b"not a response", None),
+                (envelope(headers={"Content-Length": "4"}, body=b"cors"), "http://app.test"),
+            ]
+        ):
+            public = asyncio.ensure_future(client.get(reg.public + f"d{index}"))
+            delivered = await client.get(url)
+            assert delivered.status_code == 200
+            before = await replies()
+            headers = {"Origin": origin} if origin else {}
+            answer = await client.post(url, content=reply, headers=headers)
+            response = await public
+            if index == 0:
+                assert (answer.status_code, response.status_code, response.text) == (202, 200, "ok")
+                assert await replies() == before + 1
+                again = await client.post(url, content=reply)
+                assert again.status_code == 404  # RH-47, claimed already: the ASGI path
+            elif index == 1:
+                assert (answer.status_code, response.status_code) == (400, 502)  # RH-48
+            else:
+                assert answer.status_code == 202 and response.text == "cors"
+                assert answer.headers["Access-Control-Allow-Origin"] == origin
+            if index:
+                assert await replies() == before
+            url = delivered.headers["Link"].split(">")[0][1:]
+        stranger = await client.post(url, content=envelope(body=b"x"))
+        assert stranger.status_code == 404  # nothing was delivered on it
+
+
 async def test_daphne_relays_the_same_traffic_without_the_direct_path(start_gateway):
     gateway = start_gateway("memory", server="daphne", METRICS_TOKEN=TOKEN)
     async with httpx.AsyncClient(timeout=15) as client:
