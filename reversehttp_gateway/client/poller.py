@@ -215,65 +215,49 @@ class Poller:
     # Serving ----------------------------------------------------------------------------------
 
     async def _serve(self, url: str, delivered: GatewayAnswer) -> None:
-        content_type = (delivered.header("content-type") or "").partition(";")[0]
-        if content_type.strip().lower() == PIPELINE:
-            await self._serve_pipeline(url, delivered)
-            return
+        """Answer what a 200 delivered (one request, or an ``application/http`` batch answered
+        concurrently) and POST the reply, in order, to the same URL."""
         started = time.monotonic()
-        method, path = "-", "-"
+        content_type = (delivered.header("content-type") or "").partition(";")[0].strip().lower()
+        pipelined = content_type == PIPELINE
+        client = delivered.header("requesting-client")
         try:
-            request = parse_embedded_request(
-                delivered.content, requesting_client=delivered.header("requesting-client")
-            )
+            if pipelined:
+                requests = parse_embedded_requests(delivered.content, requesting_client=client)
+            else:
+                requests = [parse_embedded_request(delivered.content, requesting_client=client)]
         except InvalidEmbeddedRequest as exc:
+            # For a batch one error response makes the gateway refuse it: every requestor then
+            # gets a 502 at once rather than a timeout.
             logger.warning("poller %d: bad embedded request (%s); answering 400", self.index, exc)
             answer = _error_response(400, "The gateway delivered a malformed request")
-        else:
-            method, path = request.method, request.raw_path.decode("latin-1")
-            answer = await self._answer(request)
-        try:
-            body = build_reply(answer, request_method=method)
-        except ValueError as exc:
-            logger.error("poller %d: cannot send the response: %s", self.index, exc)
-            answer = _error_response(502, "The application's response was invalid")
-            body = build_reply(answer, request_method=method)
-        await self._reply(url, body, method, path)
-        self.relayed += 1
-        logger.info(
-            "%s %s %d %.1fms", method, path, answer.status, (time.monotonic() - started) * 1000
-        )
-
-    async def _serve_pipeline(self, url: str, delivered: GatewayAnswer) -> None:
-        """Answer an ``application/http`` batch: concurrently, replied in order in one POST."""
-        started = time.monotonic()
-        try:
-            requests = parse_embedded_requests(
-                delivered.content, requesting_client=delivered.header("requesting-client")
-            )
-        except InvalidEmbeddedRequest as exc:
-            # Without the requests their number is unknown: one error response makes the gateway
-            # refuse the batch, and every requestor gets a 502 at once rather than a timeout.
-            logger.warning("poller %d: bad pipelined requests (%s); answering 400", self.index, exc)
-            answer = _error_response(400, "The gateway delivered a malformed request")
-            await self._reply(url, build_reply(answer), "-", "-", PIPELINE)
+            await self._reply(url, build_reply(answer), "-", "-", content_type or SINGLE)
+            self.relayed += 1
+            logger.info("- - 400 %.1fms", (time.monotonic() - started) * 1000)
             return
-        answers = await asyncio.gather(*(self._answer(request) for request in requests))
-        replies = []
-        for request, answer in zip(requests, answers, strict=True):
-            try:
-                replies.append(build_reply(answer, request_method=request.method))
-            except ValueError as exc:
-                logger.error("poller %d: cannot send the response: %s", self.index, exc)
-                invalid = _error_response(502, "The application's response was invalid")
-                replies.append(build_reply(invalid, request_method=request.method))
+        if pipelined:
+            answers = await asyncio.gather(*(self._answer(request) for request in requests))
+        else:
+            answers = [await self._answer(requests[0])]
+        replies = [self._reply_body(a, r.method) for r, a in zip(requests, answers, strict=True)]
         first = requests[0]
         path = first.raw_path.decode("latin-1")
-        await self._reply(url, b"".join(replies), first.method, path, PIPELINE)
+        body = b"".join(reply for reply, _ in replies)
+        await self._reply(url, body, first.method, path, PIPELINE if pipelined else SINGLE)
         self.relayed += len(requests)
         elapsed = (time.monotonic() - started) * 1000
-        for request, answer in zip(requests, answers, strict=True):
+        for request, (_, status) in zip(requests, replies, strict=True):
             path = request.raw_path.decode("latin-1")
-            logger.info("%s %s %d %.1fms", request.method, path, answer.status, elapsed)
+            logger.info("%s %s %d %.1fms", request.method, path, status, elapsed)
+
+    def _reply_body(self, answer: AppResponse, method: str) -> tuple[bytes, int]:
+        """``answer`` as ``message/http`` bytes and its status; a 502 if it cannot be sent."""
+        try:
+            return build_reply(answer, request_method=method), answer.status
+        except ValueError as exc:
+            logger.error("poller %d: cannot send the response: %s", self.index, exc)
+            invalid = _error_response(502, "The application's response was invalid")
+            return build_reply(invalid, request_method=method), invalid.status
 
     async def _answer(self, request: EmbeddedRequest) -> AppResponse:
         site = self._site or PublicSite("http", "localhost", 80, "")
