@@ -106,6 +106,9 @@ class DirectReply:
         except BrokerUnavailable as exc:
             logger.warning("Broker unavailable: %s", exc)
             answer = Reply.error(503, "The gateway's queue is unavailable", retry_after=5)
+        except Exception:  # as the ASGI path would: logged, and a 500 rather than no answer
+            logger.exception("Claiming a long-poll reply failed")
+            answer = Reply.error(500, "Internal Server Error")
         else:
             # Empty: answered through another process meanwhile, or every requestor left; the
             # first reply won (a requestor is answered once) and this one is a duplicate.
