@@ -264,6 +264,7 @@ class Broker(abc.ABC):
     async def claim(self, slot: str) -> PublicRequest | None:
         """Claim the request delivered on ``slot``, once; None if nothing is pending (RH-47)."""
 
+    @abc.abstractmethod
     async def claim_batch(self, slot: str, limit: int) -> list[PublicRequest | None]:
         """Claim what was delivered on ``slot``, once (RH-47, RH-53).
 
@@ -271,55 +272,6 @@ class Broker(abc.ABC):
         position ``slot.0``, ``slot.1``... (at most ``limit``), in order, None where the
         requestor left meanwhile. Empty when nothing is pending or every requestor left.
         """
-        single = await self.claim(slot)
-        if single is not None:
-            return [single]
-        batch: list[PublicRequest | None] = []
-        while len(batch) < limit:
-            request = await self.claim(f"{slot}.{len(batch)}")
-            if request is None:
-                break
-            batch.append(request)
-        return batch
-
-    @abc.abstractmethod
-    async def route_reply(self, request: PublicRequest, reply: Reply) -> None:
-        """Send ``reply`` to the process holding the public connection of ``request``."""
-
-    @abc.abstractmethod
-    async def activity(self, keys: list[str]) -> dict[str, Activity]: ...
-
-    # No-wait forms (docs/direct-path.md): complete at once without I/O, or decline.
-    def lookup_label_nowait(self, label: str) -> str | None:
-        """The key of ``label`` if known without I/O; None: unknown here (ask lookup_label)."""
-        return None
-
-    def enqueue_nowait(
-        self, key: str, request: PublicRequest, *, max_queued: int | None = None
-    ) -> Ticket | None:
-        """:meth:`enqueue` when it needs no I/O (a local poller, the local hold); None
-        otherwise. Raises QueueFull like enqueue."""
-        return None
-
-    def poll_nowait(self, key: str, waiter: Waiter) -> Taken | None:
-        """The next request of ``key`` if one is at hand without I/O; otherwise register
-        ``waiter`` (it gets the next one, like a ``take`` in progress) and return None.
-
-        Raises TooManyPollers as :meth:`take` does. Cancel ``waiter`` to stop waiting.
-        """
-        raise NotImplementedError
-
-    def bind_nowait(self, slot: str, taken: Taken) -> bool | None:
-        """:meth:`bind` with ``answered_here`` when it needs no I/O; None otherwise."""
-        return None
-
-    def claim_nowait(self, slot: str) -> PublicRequest | None:
-        """:meth:`claim` of a slot bound by :meth:`bind_nowait` (no I/O)."""
-        raise NotImplementedError
-
-    def route_reply_nowait(self, request: PublicRequest, reply: Reply) -> bool:
-        """:meth:`route_reply` when the requestor is held here; False otherwise."""
-        return False
 
     def delivered_here(self, slot: str, limit: int) -> list[PublicRequest] | None:
         """What this process delivered on ``slot`` and still holds the requestors of (as

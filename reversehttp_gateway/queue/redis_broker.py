@@ -109,28 +109,11 @@ table.insert(result, 1, id)
 return result
 """
 
-# Claim the request on a slot, once: GETDEL the slot, delete the request hash and its
-# in-flight entry. Returns false (nothing pending), or {id, deleted, hash...}; the hash only
-# when ARGV[2] is "1" (the caller does not hold the request already).
-_CLAIM = """
-local id = redis.call('GETDEL', KEYS[1])
-if not id then return false end
-local record = ARGV[1] .. 'req:' .. id
-local key = ARGV[3]
-if key == '' then key = redis.call('HGET', record, 'key') end
-local data = {}
-if ARGV[2] == '1' then data = redis.call('HGETALL', record) end
-local deleted = redis.call('DEL', record)
-if key then redis.call('ZREM', ARGV[1] .. 'inflight:' .. key, id) end
-local result = {id, deleted}
-for _, v in ipairs(data) do result[#result + 1] = v end
-return result
-"""
-
 # Claim a single delivery on ARGV[2], or else a pipeline's positions ARGV[4], ARGV[6]... in
-# order until one is missing: for each, as _CLAIM. ARGV[i + 1] is the key of a request this
-# process bound there ('' if none: its hash is returned). Returns the flat list
-# {n, id, deleted, #hash, hash...} per claimed slot, n being its place among the candidates.
+# order until one is missing, once: GETDEL the slot, delete the request hash and its in-flight
+# entry. ARGV[i + 1] is the key of a request this process bound there ('' if none: its hash is
+# returned). Returns the flat list {n, id, deleted, #hash, hash...} per claimed slot, n being
+# its place among the candidates; deleted is 0 when the request was withdrawn.
 _CLAIM_BATCH = """
 local prefix = ARGV[1]
 local out = {}
@@ -806,28 +789,8 @@ class RedisBroker(Broker):
         return local_slot if local_slot is not None and self._still_waiting(local_slot) else None
 
     async def claim(self, slot: str) -> PublicRequest | None:
-        if slot in self._local_slots:
-            return self.claim_nowait(slot)
-        held = self._bound.pop(slot, None)
-        async with self._guard():
-            result = await self._link.call(
-                "EVAL",
-                _CLAIM,
-                1,
-                self._k("slot", slot),
-                self._k(""),
-                "0" if held is not None else "1",
-                held.key if held is not None else "",
-            )
-        if not result:
-            return None
-        request_id, deleted, *flat = result
-        request_id = request_id.decode()
-        if not deleted:  # withdrawn: its requestor left or timed out (RH-47)
-            return None
-        if held is not None:  # bound by this process: no reload
-            return held if held.request_id == request_id else None
-        return self._from_hash(request_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        claimed = await self.claim_batch(slot, 0)  # limit 0: only ``slot`` itself
+        return claimed[0] if claimed else None
 
     async def claim_batch(self, slot: str, limit: int) -> list[PublicRequest | None]:
         if slot in self._local_slots:
