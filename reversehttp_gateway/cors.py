@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 ALLOW_METHODS = b"GET, POST, PUT, DELETE, OPTIONS"
-ALLOW_HEADERS = b"Content-Type, Authorization, Accept"
+ALLOW_HEADERS = b"Content-Type, Authorization, Accept, Reversehttp-Poll"
 # What browser code must read: Link (first/next/related), Location (private URL) and the
 # requestor's address on polls (PROTOCOL.md §9.2).
 EXPOSE_HEADERS = b"Link, Location, Requesting-Client"

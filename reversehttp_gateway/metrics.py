@@ -122,6 +122,11 @@ class GatewayMetrics:
             "Long-poll replies answered on the direct path (no ASGI task; docs/direct-path.md).",
             registry=registry,
         )
+        self.chained_polls = Counter(
+            f"{PREFIX}_chained_polls",
+            "Long-poll replies answered with the next request(s) or a 204 (Reversehttp-Poll).",
+            registry=registry,
+        )
         self.duration = Histogram(
             f"{PREFIX}_relay_duration_seconds",
             "Time from a public request's arrival until its response was sent.",
@@ -252,6 +257,12 @@ def count_direct_reply() -> None:
     """One long-poll reply answered on the direct path (``reply_direct.py``)."""
     if _state.metrics is not None:
         _state.metrics.direct_replies.inc()
+
+
+def count_chained_poll() -> None:
+    """One reply POST answered as a poll of the next Request URL (``Reversehttp-Poll``)."""
+    if _state.metrics is not None:
+        _state.metrics.chained_polls.inc()
 
 
 def authorized(scope: Scope) -> bool:

@@ -8,6 +8,8 @@ soon as it is in, without an ASGI cycle. The claim's round trip follows in a tas
 decides the application's answer, 202 or 404 (RH-46, RH-47), as in ``transports/longpoll.reply``.
 Anything else (a reply from another process's delivery, an invalid response, a body over
 ``STREAM_THRESHOLD``, CORS requests, ``Expect: 100-continue``) takes the ASGI path unchanged.
+A chained poll (``Reversehttp-Poll``) is held in the same task after the claim, as
+``transports/longpoll.reply`` would hold it, and answered through the same writer.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from .public import declared_length
 from .public_direct import ResponseWriter
 from .queue.base import Broker, BrokerUnavailable, PublicRequest, Reply
 from .runtime import runtime
-from .transports.longpoll import parse_replies
+from .transports.longpoll import chained_answer, chained_slot, parse_replies, wants_batch
+from .waiting import Flag
 
 __all__ = ["DirectReply", "reply_exchange_for"]
 
@@ -58,17 +61,31 @@ def reply_exchange_for(scope: Scope) -> DirectReply | None:
     slot = parts[2]
     if broker.delivered_here(slot, gateway_settings.PIPELINE_MAX) is None:
         return None
-    return DirectReply(broker, slot)
+    private = (parts[0].lower(), parts[1])
+    try:
+        chain = chained_slot(scope, *private)
+    except ValueError:
+        return None  # the ASGI path answers 400
+    if chain is None:
+        return DirectReply(broker, slot)
+    return DirectReply(broker, slot, (private, chain, wants_batch(scope)))
 
 
 class DirectReply:
     """One long-poll reply answered on the direct path (see the module docstring)."""
 
-    __slots__ = ("broker", "slot")
+    __slots__ = ("broker", "chain", "gone", "slot")
 
-    def __init__(self, broker: Broker, slot: str) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        slot: str,
+        chain: tuple[tuple[str, str], str, bool] | None = None,
+    ) -> None:
         self.broker = broker
         self.slot = slot
+        self.chain = chain  # (label and secret, the slot to poll, pipelined) of a chained poll
+        self.gone = Flag() if chain is not None else None
 
     def start(self, body: bytes, writer: ResponseWriter) -> bool:
         """Route the responses in ``body``; False (nothing done) when the ASGI path must."""
@@ -93,7 +110,9 @@ class DirectReply:
         return True
 
     def client_left(self) -> None:
-        """The application's connection closed before the 202: nothing to undo."""
+        """The application's connection closed before the answer: a chained poll ends."""
+        if self.gone is not None:
+            self.gone.set()
 
     async def _confirm(
         self, writer: ResponseWriter, pending: list[tuple[PublicRequest, Reply]]
@@ -103,16 +122,27 @@ class DirectReply:
             for request, reply in pending:
                 await self.broker.route_reply(request, reply)
             claimed = await self.broker.claim_batch(self.slot, gateway_settings.PIPELINE_MAX)
+            if not claimed:
+                # Answered through another process meanwhile, or every requestor left: the
+                # first reply won (a requestor is answered once) and this one is a duplicate.
+                answer = Reply.error(404, "Request key not found")
+            elif self.chain is None:
+                answer = Reply(202, [], b"")
+            else:
+                private, slot, pipelined = self.chain
+                assert self.gone is not None
+                polled = await chained_answer(
+                    self.broker, private, slot, pipelined=pipelined, gone=self.gone
+                )
+                if polled is None:
+                    return  # the application left
+                answer = Reply(*polled)
         except BrokerUnavailable as exc:
             logger.warning("Broker unavailable: %s", exc)
             answer = Reply.error(503, "The gateway's queue is unavailable", retry_after=5)
         except Exception:  # as the ASGI path would: logged, and a 500 rather than no answer
             logger.exception("Claiming a long-poll reply failed")
             answer = Reply.error(500, "Internal Server Error")
-        else:
-            # Empty: answered through another process meanwhile, or every requestor left; the
-            # first reply won (a requestor is answered once) and this one is a duplicate.
-            answer = Reply(202, [], b"") if claimed else Reply.error(404, "Request key not found")
         finally:
             runtime.held -= 1
         writer.write_whole(answer.status, answer.headers, answer.body, head=False)

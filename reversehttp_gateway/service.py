@@ -86,7 +86,7 @@ async def handle(scope: Scope, receive: Receive, send: Send, broker: Broker, res
         await jsonpoll.json_poll(scope, receive, send, broker, address)
         return
     if method == "POST":
-        await longpoll.reply(scope, receive, send, broker, parts[3])
+        await longpoll.reply(scope, receive, send, broker, parts[3], (label, secret))
         return
     if method not in ("GET", "HEAD"):
         await respond_error(send, 405, "Method not allowed", headers=[(b"allow", b"GET, POST")])

@@ -157,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
         "REVERSEHTTP_PIPELINE=1)",
     )
     common.add_argument(
+        "--no-chain",
+        dest="chain",
+        action="store_false",
+        default=os.environ.get("REVERSEHTTP_CHAIN", "1") not in ("", "0"),
+        help="long-poll: do not ask for the next request with each reply (Reversehttp-Poll); "
+        "GET it separately, as classic clients do (env REVERSEHTTP_CHAIN=0)",
+    )
+    common.add_argument(
         "--transport",
         choices=TRANSPORTS,
         default=os.environ.get("REVERSEHTTP_TRANSPORT", "longpoll"),
@@ -287,6 +295,7 @@ async def run(args: argparse.Namespace, handler: Handler, description: str) -> i
         transport=args.transport,
         ptth_url=args.ptth if args.transport == "ptth" else None,
         pipeline=args.pipeline,
+        chain=args.chain,
     )
     try:
         public_url = await client.start()

@@ -9,6 +9,11 @@
 - Network errors, 5xx and 429: wait with exponential backoff and jitter, then retry the same URL;
   a gateway that lost our 200 in transit delivers the same request again (RH-29).
 
+A reply names the ``rel="next"`` URL in ``Reversehttp-Poll`` (a chained poll, on by default): a
+gateway that supports it answers the POST as it would the GET of that URL, 200 or 204 with
+``rel="next"``, and the loop goes on with that answer instead of a GET; any other gateway
+answers 202 and the loop GETs the URL itself. One HTTP exchange per request instead of two.
+
 With ``pipeline`` the GET asks for ``application/http`` as well (RH-26): a gateway with a backlog
 may then deliver several queued requests in one 200; they are answered concurrently and replied
 to in one POST, in the same order. Fewer polls and replies per request under load; the cost is
@@ -22,6 +27,7 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Awaitable
 from urllib.parse import urljoin
 
 from ..protocol.links import parse_link_header
@@ -45,6 +51,7 @@ logger = logging.getLogger("reversehttp_gateway.client")
 
 REPLY_ATTEMPTS = 4
 REPLY_TIMEOUT = 30.0  # reading the answer to a reply (connecting: 10 s)
+CHAIN_HEADER = "Reversehttp-Poll"
 SINGLE = "message/http"
 PIPELINE = "application/http"
 
@@ -78,7 +85,8 @@ class Poller:
 
     ``first`` is the registration to start from; without one the poller registers itself.
     ``poll_timeout`` bounds one GET and must exceed the gateway's hold time (25 s by default).
-    ``pipeline``: accept ``application/http`` batches (see the module docstring).
+    ``pipeline``: accept ``application/http`` batches; ``chain``: chained polls (see the module
+    docstring).
     """
 
     def __init__(
@@ -93,6 +101,7 @@ class Poller:
         poll_timeout: float = 90.0,
         backoff: Backoff | None = None,
         pipeline: bool = False,
+        chain: bool = True,
     ) -> None:
         self.index = index
         self._http = http
@@ -102,6 +111,7 @@ class Poller:
         self._first = first
         self._poll_timeout = poll_timeout
         self._accept = f"{PIPELINE}, {SINGLE}" if pipeline else SINGLE
+        self._chain = chain
         self._backoff = backoff or Backoff()
         self._site: PublicSite | None = None
         self._waiting: asyncio.Future[GatewayAnswer] | None = None
@@ -114,15 +124,19 @@ class Poller:
         """Poll until ``stopping`` is set (requests already taken are still answered)."""
         url = self._adopt(self._first) if self._first else None
         self._first = None  # after a crash and restart, register afresh
-        while not self._stopping.is_set():
+        chained: GatewayAnswer | None = None  # a reply's answer that polled ``url`` already
+        while chained is not None or not self._stopping.is_set():
             if url is None:
                 url = await self._register()
                 continue
-            try:
-                response = await self._get(url)
-            except TRANSPORT_ERRORS as exc:
-                await self._failed(f"polling failed: {describe_transport_error(exc)}")
-                continue
+            if chained is not None:
+                response, chained = chained, None
+            else:
+                try:
+                    response = await self._get(url)
+                except TRANSPORT_ERRORS as exc:
+                    await self._failed(f"polling failed: {describe_transport_error(exc)}")
+                    continue
             if response is None:  # aborted by stop()
                 return
             status = response.status
@@ -130,7 +144,7 @@ class Poller:
                 self._recovered()
                 next_url = _next_link(response)
                 if status == 200:
-                    await self._serve(url, response)
+                    chained = await self._serve(url, response, next_url)
                     if next_url is None:
                         logger.warning(
                             "poller %d: a 200 without rel=next; registering again", self.index
@@ -179,10 +193,14 @@ class Poller:
         return None
 
     async def _get(self, url: str) -> GatewayAnswer | None:
-        self._aborted = False
-        self._waiting = asyncio.ensure_future(
+        return await self._abortable(
             self._http.get(url, headers={"Accept": self._accept}, timeout=self._poll_timeout)
         )
+
+    async def _abortable(self, call: Awaitable[GatewayAnswer]) -> GatewayAnswer | None:
+        """``call``, which :meth:`abort_wait` may cancel (then None)."""
+        self._aborted = False
+        self._waiting = asyncio.ensure_future(call)
         try:
             return await self._waiting
         except asyncio.CancelledError:
@@ -214,9 +232,13 @@ class Poller:
 
     # Serving ----------------------------------------------------------------------------------
 
-    async def _serve(self, url: str, delivered: GatewayAnswer) -> None:
+    async def _serve(
+        self, url: str, delivered: GatewayAnswer, next_url: str | None = None
+    ) -> GatewayAnswer | None:
         """Answer what a 200 delivered (one request, or an ``application/http`` batch answered
-        concurrently) and POST the reply, in order, to the same URL."""
+        concurrently) and POST the reply, in order, to the same URL.
+
+        Returns the gateway's answer to a chained poll of ``next_url``, if it gave one."""
         started = time.monotonic()
         content_type = (delivered.header("content-type") or "").partition(";")[0].strip().lower()
         pipelined = content_type == PIPELINE
@@ -231,10 +253,11 @@ class Poller:
             # gets a 502 at once rather than a timeout.
             logger.warning("poller %d: bad embedded request (%s); answering 400", self.index, exc)
             answer = _error_response(400, "The gateway delivered a malformed request")
-            await self._reply(url, build_reply(answer), "-", "-", content_type or SINGLE)
+            body = build_reply(answer)
+            polled = await self._reply(url, body, "-", "-", content_type or SINGLE, next_url)
             self.relayed += 1
             logger.info("- - 400 %.1fms", (time.monotonic() - started) * 1000)
-            return
+            return polled
         if pipelined:
             answers = await asyncio.gather(*(self._answer(request) for request in requests))
         else:
@@ -243,12 +266,14 @@ class Poller:
         first = requests[0]
         path = first.raw_path.decode("latin-1")
         body = b"".join(reply for reply, _ in replies)
-        await self._reply(url, body, first.method, path, PIPELINE if pipelined else SINGLE)
+        content_type = PIPELINE if pipelined else SINGLE
+        polled = await self._reply(url, body, first.method, path, content_type, next_url)
         self.relayed += len(requests)
         elapsed = (time.monotonic() - started) * 1000
         for request, (_, status) in zip(requests, replies, strict=True):
             path = request.raw_path.decode("latin-1")
             logger.info("%s %s %d %.1fms", request.method, path, status, elapsed)
+        return polled
 
     def _reply_body(self, answer: AppResponse, method: str) -> tuple[bytes, int]:
         """``answer`` as ``message/http`` bytes and its status; a 502 if it cannot be sent."""
@@ -275,19 +300,31 @@ class Poller:
             return _error_response(500, "Internal Server Error")
 
     async def _reply(
-        self, url: str, body: bytes, method: str, path: str, content_type: str = SINGLE
-    ) -> None:
-        """POST the reply to the URL that delivered the request (RH-45), retrying briefly."""
+        self,
+        url: str,
+        body: bytes,
+        method: str,
+        path: str,
+        content_type: str = SINGLE,
+        poll: str | None = None,
+    ) -> GatewayAnswer | None:
+        """POST the reply to the URL that delivered the request (RH-45), retrying briefly.
+
+        With ``poll`` (the next Request URL) the POST asks for a chained poll of it; the
+        gateway's answer as a poll (200 or 204 with ``rel="next"``) is returned, else None."""
+        headers = {"Content-Type": content_type}
+        timeout = REPLY_TIMEOUT
+        chained = poll is not None and self._chain and not self._stopping.is_set()
+        if chained:
+            assert poll is not None
+            headers |= {CHAIN_HEADER: poll, "Accept": self._accept}
+            timeout = self._poll_timeout  # the gateway holds it as long as a GET
         backoff = Backoff(0.2, 2.0)
         for attempt in range(REPLY_ATTEMPTS):
             last = attempt == REPLY_ATTEMPTS - 1
             try:
-                response = await self._http.post(
-                    url,
-                    content=body,
-                    headers={"Content-Type": content_type},
-                    timeout=REPLY_TIMEOUT,
-                )
+                call = self._http.post(url, content=body, headers=headers, timeout=timeout)
+                response = await (self._abortable(call) if chained else call)
             except TRANSPORT_ERRORS as exc:
                 if last:
                     logger.warning(
@@ -297,16 +334,20 @@ class Poller:
                         path,
                         describe_transport_error(exc),
                     )
-                    return
+                    return None
                 await asyncio.sleep(backoff.next_delay())
                 continue
+            if response is None:  # aborted by stop(): the next GET (if any) finds out
+                return None
+            if chained and response.status in (200, 204) and _next_link(response):
+                return response
             if response.is_success:
-                return
+                return None
             if response.status >= 500 and not last:
                 await asyncio.sleep(backoff.next_delay())
                 continue
             if response.status == 404 and attempt:
-                return  # an earlier attempt got through; only its answer was lost
+                return None  # an earlier attempt got through; only its answer was lost
             logger.warning(
                 "poller %d: the gateway refused the reply to %s %s: %s",
                 self.index,
@@ -314,4 +355,5 @@ class Poller:
                 path,
                 response.text.strip() or response.status,
             )
-            return
+            return None
+        return None

@@ -74,6 +74,8 @@ class AsyncGatewayClient:
     reversed sockets to the gateway's PTTH listener at ``ptth_url``, ``"host:port"``).
     ``pipeline`` (long-poll only) lets each poll take several queued requests at once as an
     ``application/http`` batch (RH-26), answered concurrently and replied to together.
+    ``chain`` (long-poll only, default on): each reply also asks for the next request
+    (``Reversehttp-Poll``); gateways without chained polls answer 202 as usual.
     ``stream_threshold`` is the response body size above which the WebSocket transport sends a
     whole response as a stream (and forward mode streams the local server's response).
     ``token`` proves ownership of the label across restarts (random if omitted);
@@ -102,6 +104,7 @@ class AsyncGatewayClient:
         ptth_url: str | None = None,
         stream_threshold: int = 256 * 1024,
         pipeline: bool = False,
+        chain: bool = True,
     ) -> None:
         if pollers < 1:
             raise ValueError("pollers must be at least 1")
@@ -115,6 +118,7 @@ class AsyncGatewayClient:
         self.ptth_address = parse_ptth_address(ptth_url) if ptth_url else None
         self.stream_threshold = stream_threshold
         self.pipeline = pipeline
+        self.chain = chain
         self.service_url = normalize_service_url(gateway)
         self.name = name
         self.handler: Handler = as_handler(app, strip_prefix=strip_prefix)
@@ -263,6 +267,7 @@ class AsyncGatewayClient:
                 poll_timeout=self.poll_timeout,
                 backoff=backoff(),
                 pipeline=self.pipeline,
+                chain=self.chain,
             )
             for index, first in enumerate(firsts)
         ]

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from urllib.parse import unquote, urlsplit
+
+from django.db import DatabaseError
 
 from .. import capabilities
 from ..addresses import RegistrationAddress
@@ -26,12 +29,22 @@ from ..http import (
     respond_error,
     watch_disconnect,
 )
+from ..metrics import count_chained_poll
 from ..protocol.embedded_response import (
     InvalidResponse,
     parse_embedded_response,
     parse_embedded_responses,
 )
-from ..queue.base import Broker, PublicRequest, RegistrationGone, Reply, Taken, TooManyPollers
+from ..queue.base import (
+    Broker,
+    BrokerUnavailable,
+    PublicRequest,
+    RegistrationGone,
+    Reply,
+    Taken,
+    TooManyPollers,
+)
+from ..resolution import resolve_private_url
 from .delivery import SlotBusy, buffer_streamed_body, take_and_bind
 
 logger = logging.getLogger(__name__)
@@ -43,6 +56,8 @@ SLOT_BUSY_MESSAGE = (
 )
 PIPELINE_TYPE = b"application/http"
 TOO_MANY_POLLERS = "Too many pollers are waiting for this registration"
+CHAIN_HEADER = b"reversehttp-poll"
+CHAIN_ERROR = "Reversehttp-Poll must be a Request URL of the same registration"
 
 
 def wants_pipeline(scope: Scope) -> bool:
@@ -132,6 +147,19 @@ async def _take_more_held(broker: Broker, key: str, slot: str) -> list[Taken]:
     return more[:cut]
 
 
+class PollRefused(Exception):
+    """A poll the gateway does not hold: answered ``status`` with ``message``."""
+
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
 async def poll(
     scope: Scope,
     receive: Receive,
@@ -141,39 +169,110 @@ async def poll(
     slot: str,
 ) -> None:
     """Hold the GET until requests arrive (200) or POLL_TIMEOUT passes (204)."""
-    if not capabilities.slot_matches(address.key, slot):
-        await respond_error(send, 404, "Unknown Request URL")  # RH-23: never issued
+    gone, watcher = watch_disconnect(receive)
+    try:
+        answer = await poll_answer(broker, address, slot, pipelined=wants_batch(scope), gone=gone)
+    except PollRefused as exc:
+        await respond_error(send, exc.status, exc.message, retry_after=exc.retry_after)
         return
-    head = scope["method"] == "HEAD"
-    pipelined = wants_pipeline(scope) and gateway_settings.PIPELINE_MAX > 1
+    finally:
+        watcher.cancel()
+    if answer is not None:
+        status, headers, body = answer
+        await respond(send, status, headers, body, head=scope["method"] == "HEAD")
+
+
+def wants_batch(scope: Scope) -> bool:
+    """Whether a poll may deliver an ``application/http`` batch (RH-26)."""
+    return wants_pipeline(scope) and gateway_settings.PIPELINE_MAX > 1
+
+
+async def poll_answer(
+    broker: Broker,
+    address: RegistrationAddress,
+    slot: str,
+    *,
+    pipelined: bool,
+    gone: asyncio.Event,
+) -> Answer | None:
+    """What a poll on ``slot`` gets: 200 with the request(s), or 204 after POLL_TIMEOUT.
+
+    None when the poller left meanwhile (``gone``). Raises :class:`PollRefused` (404, 409,
+    410, 429).
+    """
+    if not capabilities.slot_matches(address.key, slot):
+        raise PollRefused(404, "Unknown Request URL")  # RH-23: never issued
     requests = await _pending(broker, slot, pipelined)
     if not requests:
-        gone, watcher = watch_disconnect(receive)
+        first_slot = _batch_slot(slot, 0) if pipelined else slot
         try:
-            first_slot = _batch_slot(slot, 0) if pipelined else slot
             taken = await take_and_bind(broker, address.key, first_slot, gone)
         except RegistrationGone:
-            await respond_error(send, 410, "This registration was deleted")  # RH-24
-            return
+            raise PollRefused(410, "This registration was deleted") from None  # RH-24
         except SlotBusy:
-            await respond_error(send, 409, SLOT_BUSY_MESSAGE)
-            return
+            raise PollRefused(409, SLOT_BUSY_MESSAGE) from None
         except TooManyPollers:
-            await respond_error(send, 429, TOO_MANY_POLLERS, retry_after=2)
-            return
-        finally:
-            watcher.cancel()
+            raise PollRefused(429, TOO_MANY_POLLERS, retry_after=2) from None
         if taken is not None and not await buffer_streamed_body(broker, taken, first_slot):
             taken = None  # its requestor got the error; this poller simply polls again
         if taken is None:
-            if not gone.is_set():  # RH-22: the same URL stays valid after a 204
-                link = f'<{address.request_url(slot)}>; rel="next"'.encode()
-                await respond(send, 204, [(b"link", link)])
-            return
+            if gone.is_set():
+                return None
+            # RH-22: the same URL stays valid after a 204
+            return 204, [(b"link", f'<{address.request_url(slot)}>; rel="next"'.encode())], b""
         more = await _take_more(broker, taken, slot) if pipelined else []
         requests = [taken.request] + [t.request for t in more]
     body = b"".join(request.envelope for request in requests)
-    await respond(send, 200, _delivery_headers(address, requests, pipelined), body, head=head)
+    return 200, _delivery_headers(address, requests, pipelined), body
+
+
+def chained_slot(scope: Scope, label: str, secret: str) -> str | None:
+    """The Request URL slot a reply POST asks to poll next (``Reversehttp-Poll``), if any.
+
+    The header's value is the ``rel="next"`` URL the delivery gave, so it must name a Request
+    URL of the same private URL as the reply's. Raises ``ValueError`` for any other value.
+    """
+    value = header(scope, CHAIN_HEADER)
+    if value is None:
+        return None
+    try:
+        path = urlsplit(value.decode("ascii").strip()).path
+    except (UnicodeDecodeError, ValueError):
+        raise ValueError(CHAIN_ERROR) from None
+    parts = [unquote(part) for part in path.split("/") if part]
+    if (
+        len(parts) < 4
+        or parts[-4] != "r"
+        or parts[-3].lower() != label
+        or parts[-2] != secret
+        or parts[-1] in ("json", "ws")
+    ):
+        raise ValueError(CHAIN_ERROR)
+    return parts[-1]
+
+
+async def chained_answer(
+    broker: Broker,
+    private: tuple[str, str],
+    slot: str,
+    *,
+    pipelined: bool,
+    gone: asyncio.Event,
+) -> Answer | None:
+    """The answer to an accepted reply that asked to poll ``slot``: what a poll of it gets,
+    200 or 204. Anything else a poll could get (the URL refused, the registration gone, the
+    gateway's queue or database unavailable) is a 202, as without the chain: the next GET
+    finds it out. None when the application left meanwhile."""
+    try:
+        address = await resolve_private_url(broker, *private)
+        if address is not None:
+            answer = await poll_answer(broker, address, slot, pipelined=pipelined, gone=gone)
+            if answer is not None:
+                count_chained_poll()
+            return answer
+    except (PollRefused, BrokerUnavailable, DatabaseError):
+        pass
+    return 202, [], b""
 
 
 async def _fail_all(broker: Broker, requests: list[PublicRequest | None], reply: Reply) -> None:
@@ -199,14 +298,30 @@ def parse_replies(requests: list[PublicRequest | None], body: bytes) -> list[Rep
     return [Reply(p.status, p.asgi_headers(), p.body, p.reason, via=via) for p in responses]
 
 
-async def reply(scope: Scope, receive: Receive, send: Send, broker: Broker, slot: str) -> None:
+async def reply(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    broker: Broker,
+    slot: str,
+    private: tuple[str, str] | None = None,
+) -> None:
     """Accept the application's response(s) for what was delivered on ``slot`` (RH-45..RH-53).
 
     A pipeline's reply answers every position of the batch, in order, including those whose
     requestor left meanwhile (their responses are dropped; the others are delivered). When this
     process delivered them and holds their requestors, the responses go out before the claim's
     round trip; its outcome only decides between 202 and 404 for the application.
+
+    ``private`` (label, secret) of the reply's URL allows a chained poll: with a
+    ``Reversehttp-Poll`` header naming the next Request URL, an accepted reply is answered as
+    a GET of that URL would be (docs/protocol.md, "Chained polls").
     """
+    try:
+        chain = chained_slot(scope, *private) if private is not None else None
+    except ValueError as exc:
+        await respond_error(send, 400, str(exc))  # nothing read, nothing routed
+        return
     limit = gateway_settings.PIPELINE_MAX
     try:
         body = await read_body(scope, receive, gateway_settings.MAX_BODY_SIZE)
@@ -237,5 +352,16 @@ async def reply(scope: Scope, receive: Receive, send: Send, broker: Broker, slot
         # Answered through another process meanwhile, or every requestor left: the first
         # reply won (a requestor is answered once) and this one counts as a duplicate.
         await respond_error(send, 404, "Request key not found")  # RH-47
+        return
+    if chain is not None and private is not None:
+        gone, watcher = watch_disconnect(receive)
+        try:
+            answer = await chained_answer(
+                broker, private, chain, pipelined=wants_batch(scope), gone=gone
+            )
+        finally:
+            watcher.cancel()
+        if answer is not None:
+            await respond(send, *answer)
         return
     await respond(send, 202, [])  # RH-46

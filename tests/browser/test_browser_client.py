@@ -364,7 +364,9 @@ def test_cors_preflight_and_response_headers(cors_gateway, page_origin, http):
     assert allowed.status_code == 204
     assert allowed.headers["Access-Control-Allow-Origin"] == page_origin
     assert allowed.headers["Access-Control-Allow-Methods"] == "GET, POST, PUT, DELETE, OPTIONS"
-    assert allowed.headers["Access-Control-Allow-Headers"] == "Content-Type, Authorization, Accept"
+    assert allowed.headers["Access-Control-Allow-Headers"] == (
+        "Content-Type, Authorization, Accept, Reversehttp-Poll"
+    )
     assert allowed.headers["Access-Control-Max-Age"] == "600"
     assert allowed.headers["Vary"] == "Origin"
     assert allowed.content == b""

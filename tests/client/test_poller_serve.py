@@ -77,3 +77,68 @@ async def test_a_single_request_is_replied_to_as_message_http():
     [(_, body, headers)] = http.posts
     assert headers == {"Content-Type": "message/http"}
     assert body.endswith(b"\r\n\r\n/demo/1")
+
+
+NEXT = "http://gw.test/reversehttp/r/demo/secret/next"
+
+
+class AnsweringHttp(RecordingHttp):
+    """Answers every POST with ``answer`` (a chained poll's, or a classic gateway's)."""
+
+    def __init__(self, answer: GatewayAnswer) -> None:
+        super().__init__()
+        self.answer = answer
+
+    async def post(
+        self, url: str, content: bytes, *, headers: dict[str, str], timeout: float
+    ) -> GatewayAnswer:
+        await super().post(url, content, headers=headers, timeout=timeout)
+        return self.answer
+
+
+SINGLE_REQUEST = b"GET /demo/1 HTTP/1.1\r\nHost: gw\r\n\r\n"
+NEXT_LINK = (b"link", f'<{NEXT}/2>; rel="next"'.encode())
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+async def test_a_reply_asks_for_the_next_request(pipeline):
+    """Chained polls: the POST names the next URL and accepts what a GET of it would."""
+    chained = GatewayAnswer(URL, 200, "OK", [NEXT_LINK], SINGLE_REQUEST)
+    http = AnsweringHttp(chained)
+    worker = Poller(0, http, None, slow_echo, asyncio.Event(), pipeline=pipeline)  # type: ignore[arg-type]
+    polled = await worker._serve(URL, delivered(SINGLE_REQUEST, "message/http"), NEXT)
+    assert polled is chained
+    [(_, _, headers)] = http.posts
+    accept = "application/http, message/http" if pipeline else "message/http"
+    assert headers == {
+        "Content-Type": "message/http",
+        "Reversehttp-Poll": NEXT,
+        "Accept": accept,
+    }
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        GatewayAnswer(URL, 202, "Accepted", [], b""),  # a gateway without chained polls
+        GatewayAnswer(URL, 200, "OK", [], b""),  # a 200 that is no poll answer: no rel=next
+        GatewayAnswer(URL, 204, "No Content", [], b""),
+    ],
+)
+async def test_an_answer_that_is_not_a_poll_is_not_taken_for_one(answer):
+    http = AnsweringHttp(answer)
+    polled = await poller(http)._serve(URL, delivered(SINGLE_REQUEST, "message/http"), NEXT)
+    assert polled is None
+
+
+async def test_no_chain_when_disabled_or_stopping():
+    """``chain=False`` (``--no-chain``), and a stopping client, POST the classic reply."""
+    chained = GatewayAnswer(URL, 204, "No Content", [NEXT_LINK], b"")
+    http = AnsweringHttp(chained)
+    worker = Poller(0, http, None, slow_echo, asyncio.Event(), chain=False)  # type: ignore[arg-type]
+    assert await worker._serve(URL, delivered(SINGLE_REQUEST, "message/http"), NEXT) is None
+    stopping = asyncio.Event()
+    stopping.set()
+    worker = Poller(0, http, None, slow_echo, stopping)  # type: ignore[arg-type]
+    assert await worker._serve(URL, delivered(SINGLE_REQUEST, "message/http"), NEXT) is None
+    assert [headers for _, _, headers in http.posts] == [{"Content-Type": "message/http"}] * 2

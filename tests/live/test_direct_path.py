@@ -319,3 +319,55 @@ async def test_websocket_frames_split_and_coalesced_any_way_arrive_whole(start_g
         assert any(e.opcode is Opcode.PONG and e.data == b"ping" for e in events)
         sock.close()
     assert f'"GET /{label}/s3" label={label} status=200' in gateway.log()
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+async def test_chained_polls_take_the_direct_path(start_gateway, broker):
+    """A reply with ``Reversehttp-Poll`` (docs/protocol.md, "Chained polls") is answered on the
+    direct path too: the responses go out, then the POST is held as a poll of the next URL.
+    An application that hangs up while it waits loses nothing: the request that arrives
+    after is delivered to the next poll."""
+    gateway = start_gateway(broker, server="uvicorn", METRICS_TOKEN=TOKEN)
+
+    async def replies() -> float:
+        return direct_replies((await client.get(gateway.url + "/metrics", headers=AUTH)).text)
+
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg = await register(client, gateway.service_url, unique_label())
+        first = asyncio.ensure_future(client.get(reg.public + "c1"))
+        delivered = await client.get(reg.first)
+        nxt = delivered.headers["Link"].split(">")[0][1:]
+        before = await replies()
+        chained = asyncio.ensure_future(
+            client.post(reg.first, content=envelope(body=b"1"), headers={"Reversehttp-Poll": nxt})
+        )
+        assert (await first).text == "1"
+        second = asyncio.ensure_future(client.get(reg.public + "c2"))
+        answer = await chained
+        assert answer.status_code == 200 and b"/c2 HTTP/1.1\r\n" in answer.content
+        assert await replies() == before + 1
+        after = answer.headers["Link"].split(">")[0][1:]
+
+        # Reply to c2 and chain on a connection of its own, then hang up while it waits.
+        target = nxt.split(str(gateway.port), 1)[1]
+        body = envelope(body=b"2")
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        writer.write(
+            f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n"
+            f"Content-Length: {len(body)}\r\nReversehttp-Poll: {after}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        assert (await second).text == "2"
+        await asyncio.sleep(0.3)
+        writer.close()
+        await asyncio.sleep(0.3)  # the gateway notices and withdraws the chained poll
+        assert await replies() == before + 2
+        third = asyncio.ensure_future(client.get(reg.public + "c3"))
+        await asyncio.sleep(0.2)
+        # Another poller, on a Request URL of its own: the one that hung up took nothing.
+        fresh = (await register(client, gateway.service_url, reg.public.split("/")[-2])).first
+        again = await client.get(fresh)
+        assert again.status_code == 200 and b"/c3 HTTP/1.1\r\n" in again.content
+        assert (await client.post(fresh, content=envelope(body=b"3"))).status_code == 202
+        assert (await third).text == "3"
