@@ -9,6 +9,7 @@ storage, and a never-issued one is refused (RH-23: 404).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -23,9 +24,18 @@ _MAC_BYTES = 18
 
 
 def _mac(*parts: str) -> str:
+    return _keyed_mac(settings.SECRET_KEY, *parts)
+
+
+def _keyed_mac(key: str, *parts: str) -> str:
     message = "\x00".join(("reversehttp-gateway", *parts)).encode()
-    digest = hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).digest()
+    digest = hmac.digest(key.encode(), message, hashlib.sha256)
     return base64.urlsafe_b64encode(digest[:_MAC_BYTES]).decode()
+
+
+@functools.lru_cache(maxsize=8192)
+def _registration_secret(key: str, label: str, nonce: str) -> str:
+    return _keyed_mac(key, "registration", label, nonce)  # asked for on every poll and reply
 
 
 def new_nonce() -> str:
@@ -34,7 +44,7 @@ def new_nonce() -> str:
 
 def registration_secret(label: str, nonce: str) -> str:
     """The secret path segment of a registration's private URL (144-bit HMAC)."""
-    return _mac("registration", label, nonce)
+    return _registration_secret(settings.SECRET_KEY, label, nonce)
 
 
 def registration_secret_matches(label: str, nonce: str, secret: str) -> bool:

@@ -25,7 +25,14 @@ from .public import declared_length
 from .public_direct import ResponseWriter
 from .queue.base import Broker, BrokerUnavailable, PublicRequest, Reply
 from .runtime import runtime
-from .transports.longpoll import chained_answer, chained_slot, parse_replies, wants_batch
+from .transports.longpoll import (
+    chained_answer,
+    chained_slot,
+    discard,
+    parse_replies,
+    peek,
+    wants_batch,
+)
 from .waiting import Flag
 
 __all__ = ["DirectReply", "reply_exchange_for"]
@@ -118,6 +125,12 @@ class DirectReply:
         self, writer: ResponseWriter, pending: list[tuple[PublicRequest, Reply]]
     ) -> None:
         """Claim the slot(s), then answer the application: 202, or 404 for a duplicate."""
+        # A chained poll's look at its slot (RH-29) travels with the claim: one round trip.
+        # (Not when it polls this very slot: that look must come after the claim.)
+        chain = self.chain
+        peeked = None
+        if chain is not None and chain[1] != self.slot:
+            peeked = peek(self.broker, chain[1], chain[2])
         try:
             for request, reply in pending:
                 await self.broker.route_reply(request, reply)
@@ -132,7 +145,7 @@ class DirectReply:
                 private, slot, pipelined = self.chain
                 assert self.gone is not None
                 polled = await chained_answer(
-                    self.broker, private, slot, pipelined=pipelined, gone=self.gone
+                    self.broker, private, slot, pipelined=pipelined, gone=self.gone, pending=peeked
                 )
                 if polled is None:
                     return  # the application left
@@ -145,4 +158,6 @@ class DirectReply:
             answer = Reply.error(500, "Internal Server Error")
         finally:
             runtime.held -= 1
+            if peeked is not None:
+                discard(peeked)
         writer.write_whole(answer.status, answer.headers, answer.body, head=False)

@@ -91,6 +91,20 @@ def _delivery_headers(
     ]
 
 
+def peek(broker: Broker, slot: str, pipelined: bool) -> asyncio.Future[list[PublicRequest]]:
+    """Start looking for requests delivered on ``slot`` and still unanswered (RH-29), e.g.
+    while a reply's claim is under way: both commands go to Redis in one round trip."""
+    return asyncio.ensure_future(_pending(broker, slot, pipelined))
+
+
+def discard(future: asyncio.Future[list[PublicRequest]]) -> None:
+    """Drop a :func:`peek` that is not needed (any outcome retrieved)."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()  # retrieved: no "never retrieved" warning
+
+
 async def _pending(broker: Broker, slot: str, pipelined: bool) -> list[PublicRequest]:
     """Requests delivered on ``slot`` and still unanswered (RH-29)."""
     if not pipelined:
@@ -194,15 +208,16 @@ async def poll_answer(
     *,
     pipelined: bool,
     gone: asyncio.Event,
+    pending: asyncio.Future[list[PublicRequest]] | None = None,
 ) -> Answer | None:
     """What a poll on ``slot`` gets: 200 with the request(s), or 204 after POLL_TIMEOUT.
 
     None when the poller left meanwhile (``gone``). Raises :class:`PollRefused` (404, 409,
-    410, 429).
+    410, 429). ``pending``: the :func:`peek` at ``slot`` if one was started.
     """
     if not capabilities.slot_matches(address.key, slot):
         raise PollRefused(404, "Unknown Request URL")  # RH-23: never issued
-    requests = await _pending(broker, slot, pipelined)
+    requests = await (pending if pending is not None else _pending(broker, slot, pipelined))
     if not requests:
         first_slot = _batch_slot(slot, 0) if pipelined else slot
         try:
@@ -258,20 +273,27 @@ async def chained_answer(
     *,
     pipelined: bool,
     gone: asyncio.Event,
+    pending: asyncio.Future[list[PublicRequest]] | None = None,
 ) -> Answer | None:
     """The answer to an accepted reply that asked to poll ``slot``: what a poll of it gets,
     200 or 204. Anything else a poll could get (the URL refused, the registration gone, the
     gateway's queue or database unavailable) is a 202, as without the chain: the next GET
-    finds it out. None when the application left meanwhile."""
+    finds it out. None when the application left meanwhile. ``pending``: see
+    :func:`poll_answer`."""
     try:
         address = await resolve_private_url(broker, *private)
         if address is not None:
-            answer = await poll_answer(broker, address, slot, pipelined=pipelined, gone=gone)
+            answer = await poll_answer(
+                broker, address, slot, pipelined=pipelined, gone=gone, pending=pending
+            )
             if answer is not None:
                 count_chained_poll()
             return answer
     except (PollRefused, BrokerUnavailable, DatabaseError):
         pass
+    finally:
+        if pending is not None:
+            discard(pending)
     return 202, [], b""
 
 

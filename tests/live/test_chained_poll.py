@@ -207,3 +207,17 @@ async def test_chained_polls_are_counted(start_gateway, client):
     await client.post(next_url(poll), content=envelope(body=b"n"))
     assert [(await public).text, (await second).text] == ["m", "n"]
     assert await count() == before + 1
+
+
+async def test_a_reply_may_chain_to_its_own_url(gateway, client):
+    """Polling the reply's own URL again is allowed (RH-22's reuse): the answered request is
+    not delivered again, the next one is."""
+    reg = await register(client, gateway.service_url, unique_label())
+    first_public, poll = await delivered(client, reg, "same1")
+    second_public = asyncio.ensure_future(client.get(reg.public + "same2"))
+    await asyncio.sleep(0.2)
+    chained = await client.post(reg.first, content=envelope(body=b"1"), headers={CHAIN: reg.first})
+    assert (await first_public).text == "1"
+    assert chained.status_code == 200 and b"/same2 HTTP/1.1\r\n" in chained.content
+    assert (await client.post(reg.first, content=envelope(body=b"2"))).status_code == 202
+    assert (await second_public).text == "2"
