@@ -253,11 +253,10 @@ class Poller:
             # gets a 502 at once rather than a timeout.
             logger.warning("poller %d: bad embedded request (%s); answering 400", self.index, exc)
             answer = _error_response(400, "The gateway delivered a malformed request")
-            body = build_reply(answer)
-            polled = await self._reply(url, body, "-", "-", content_type or SINGLE, next_url)
+            self._log_when_sent(started, [("-", "-", 400)])
             self.relayed += 1
-            logger.info("- - 400 %.1fms", (time.monotonic() - started) * 1000)
-            return polled
+            body = build_reply(answer)
+            return await self._reply(url, body, "-", "-", content_type or SINGLE, next_url)
         if pipelined:
             answers = await asyncio.gather(*(self._answer(request) for request in requests))
         else:
@@ -267,13 +266,27 @@ class Poller:
         path = first.raw_path.decode("latin-1")
         body = b"".join(reply for reply, _ in replies)
         content_type = PIPELINE if pipelined else SINGLE
-        polled = await self._reply(url, body, first.method, path, content_type, next_url)
-        self.relayed += len(requests)
-        elapsed = (time.monotonic() - started) * 1000
-        for request, (_, status) in zip(requests, replies, strict=True):
-            path = request.raw_path.decode("latin-1")
-            logger.info("%s %s %d %.1fms", request.method, path, status, elapsed)
-        return polled
+        if logger.isEnabledFor(logging.INFO):
+            lines = [
+                (request.method, request.raw_path.decode("latin-1"), status)
+                for request, (_, status) in zip(requests, replies, strict=True)
+            ]
+            self._log_when_sent(started, lines)
+        self.relayed += len(requests)  # now, not after a chained poll's answer
+        return await self._reply(url, body, first.method, path, content_type, next_url)
+
+    @staticmethod
+    def _log_when_sent(started: float, lines: list[tuple[str, str, int]]) -> None:
+        """One access line per request (method, path, status, milliseconds until the reply
+        left), written in the next turn of the loop: after the reply's POST is written, not
+        after its answer, which for a chained poll comes with the next request."""
+
+        def log() -> None:
+            elapsed = (time.monotonic() - started) * 1000
+            for method, path, status in lines:
+                logger.info("%s %s %d %.1fms", method, path, status, elapsed)
+
+        asyncio.get_running_loop().call_soon(log)
 
     def _reply_body(self, answer: AppResponse, method: str) -> tuple[bytes, int]:
         """``answer`` as ``message/http`` bytes and its status; a 502 if it cannot be sent."""

@@ -161,7 +161,7 @@ class AsyncGatewayClient:
 
     @property
     def relayed(self) -> int:
-        """How many requests have been answered so far."""
+        """How many requests have been answered so far (their replies sent or on their way)."""
         return sum(worker.relayed for worker in self._workers)
 
     # Life cycle -------------------------------------------------------------------------------

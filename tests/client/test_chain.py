@@ -8,6 +8,7 @@ on the answer to the previous reply: the gateway counts them as chained polls. `
 from __future__ import annotations
 
 import asyncio
+import re
 
 import httpx
 import pytest
@@ -59,4 +60,19 @@ async def test_stop_ends_a_chained_wait(start_gateway):
         started = asyncio.get_running_loop().time()
         await asyncio.wait_for(client.stop(), 15)
         assert asyncio.get_running_loop().time() - started < 5
+        assert client.relayed == 1
+
+
+async def test_a_request_is_logged_and_counted_as_its_reply_leaves(start_gateway, caplog):
+    """Not when the chained POST is answered, which waits for the next request."""
+    gateway = start_gateway("redis", POLL_TIMEOUT="20")
+    client = AsyncGatewayClient(gateway.service_url, unique_label("logc"), apps.asgi_echo)
+    caplog.set_level("INFO", logger="reversehttp_gateway.client")
+    async with client, httpx.AsyncClient(timeout=TIMEOUT) as http:
+        assert (await http.get(client.public_url + "logged")).status_code == 200
+        await asyncio.sleep(0.5)  # well inside POLL_TIMEOUT: the chained poll still waits
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("GET /")]
+        assert len(lines) == 1 and re.fullmatch(r"GET /\S+/logged 200 [\d.]+ms", lines[0])
+        elapsed = float(lines[0].rsplit(" ", 1)[1].removesuffix("ms"))
+        assert elapsed < 5000
         assert client.relayed == 1

@@ -48,7 +48,7 @@ async def test_asyncio_client_serves_an_asgi_app(gateway):
 
         head = await http.head(client.public_url + "x")
         assert head.status_code == 200 and head.content == b""
-        # The counter moves once the gateway accepted the reply, maybe after the requestor got it.
+        # The counter moves as the reply leaves, maybe after the requestor got it.
         await asyncio.to_thread(wait_until, lambda: client.relayed == 3, 10, "3 relayed")
     # Leaving the context manager stopped the client and deleted the registration.
     async with httpx.AsyncClient(timeout=TIMEOUT) as http:
