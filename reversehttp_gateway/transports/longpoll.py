@@ -354,11 +354,39 @@ async def reply(
         await _fail_all(broker, await broker.claim_batch(slot, limit), too_large)
         await respond_error(send, 413, "Response body too large")
         return
+    # A chained poll's look at its slot (RH-29) travels with the claim: one round trip.
+    # (Not when it polls this very slot: that look must come after the claim.)
+    pipelined = wants_batch(scope)
+    pending = peek(broker, chain, pipelined) if chain is not None and chain != slot else None
+    try:
+        if not await _accept(broker, slot, body, send):
+            return
+        if chain is None or private is None:
+            await respond(send, 202, [])  # RH-46
+            return
+        gone, watcher = watch_disconnect(receive)
+        try:
+            answer = await chained_answer(
+                broker, private, chain, pipelined=pipelined, gone=gone, pending=pending
+            )
+        finally:
+            watcher.cancel()
+        if answer is not None:
+            await respond(send, *answer)
+    finally:
+        if pending is not None:
+            discard(pending)
+
+
+async def _accept(broker: Broker, slot: str, body: bytes, send: Send) -> bool:
+    """Route the response(s) in ``body`` and claim ``slot``; False once the reply was refused
+    (answered 404 or 400 here)."""
+    limit = gateway_settings.PIPELINE_MAX
     early = broker.delivered_here(slot, limit)
     requests = early if early is not None else await broker.claim_batch(slot, limit)
     if not requests:
         await respond_error(send, 404, "Request key not found")  # RH-47
-        return
+        return False
     try:
         replies = parse_replies(requests, body)
     except InvalidResponse as exc:  # RH-48: 400 to the app, 502 to the requestor(s)
@@ -366,7 +394,7 @@ async def reply(
         if early is not None:
             await broker.claim_batch(slot, limit)
         await respond_error(send, 400, str(exc))
-        return
+        return False
     for request, relayed in zip(requests, replies, strict=True):
         if request is not None:
             await broker.route_reply(request, relayed)
@@ -374,16 +402,5 @@ async def reply(
         # Answered through another process meanwhile, or every requestor left: the first
         # reply won (a requestor is answered once) and this one counts as a duplicate.
         await respond_error(send, 404, "Request key not found")  # RH-47
-        return
-    if chain is not None and private is not None:
-        gone, watcher = watch_disconnect(receive)
-        try:
-            answer = await chained_answer(
-                broker, private, chain, pipelined=wants_batch(scope), gone=gone
-            )
-        finally:
-            watcher.cancel()
-        if answer is not None:
-            await respond(send, *answer)
-        return
-    await respond(send, 202, [])  # RH-46
+        return False
+    return True
