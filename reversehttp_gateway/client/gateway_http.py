@@ -1,6 +1,7 @@
 """The long-poll's HTTP calls to the gateway (polls and replies), on the cheapest client that fits.
 
-Every relayed request costs a long-poll client one poll (``GET``) and one reply (``POST``). To a
+Every relayed request costs a long-poll client one reply (``POST``), which with chained polls
+also polls for the next request, and otherwise one poll (``GET``) as well. To a
 plain ``http://`` gateway reached without a proxy they go through the keep-alive client of
 :mod:`.http1_client`, at a fraction of httpx's CPU per call; ``https://`` gateways, URLs that
 need normalising and HTTP proxies from the environment (``HTTP_PROXY``, ``ALL_PROXY``: httpx
