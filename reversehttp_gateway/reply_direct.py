@@ -25,14 +25,7 @@ from .public import declared_length
 from .public_direct import ResponseWriter
 from .queue.base import Broker, BrokerUnavailable, PublicRequest, Reply
 from .runtime import runtime
-from .transports.longpoll import (
-    chained_answer,
-    chained_slot,
-    discard,
-    parse_replies,
-    peek,
-    wants_batch,
-)
+from .transports.longpoll import ChainedPoll, discard, parse_replies
 from .waiting import Flag
 
 __all__ = ["DirectReply", "reply_exchange_for"]
@@ -68,14 +61,11 @@ def reply_exchange_for(scope: Scope) -> DirectReply | None:
     slot = parts[2]
     if broker.delivered_here(slot, gateway_settings.PIPELINE_MAX) is None:
         return None
-    private = (parts[0].lower(), parts[1])
     try:
-        chain = chained_slot(scope, *private)
+        chain = ChainedPoll.asked(scope, parts[0].lower(), parts[1])
     except ValueError:
         return None  # the ASGI path answers 400
-    if chain is None:
-        return DirectReply(broker, slot)
-    return DirectReply(broker, slot, (private, chain, wants_batch(scope)))
+    return DirectReply(broker, slot, chain)
 
 
 class DirectReply:
@@ -87,12 +77,12 @@ class DirectReply:
         self,
         broker: Broker,
         slot: str,
-        chain: tuple[tuple[str, str], str, bool] | None = None,
+        chain: ChainedPoll | None = None,
     ) -> None:
         self.broker = broker
         self.slot = slot
-        self.chain = chain  # (label and secret, the slot to poll, pipelined) of a chained poll
-        self.gone = Flag() if chain is not None else None
+        self.chain = chain
+        self.gone = Flag() if chain is not None else None  # set when the application leaves
 
     def start(self, body: bytes, writer: ResponseWriter) -> bool:
         """Route the responses in ``body``; False (nothing done) when the ASGI path must."""
@@ -124,13 +114,10 @@ class DirectReply:
     async def _confirm(
         self, writer: ResponseWriter, pending: list[tuple[PublicRequest, Reply]]
     ) -> None:
-        """Claim the slot(s), then answer the application: 202, or 404 for a duplicate."""
-        # A chained poll's look at its slot (RH-29) travels with the claim: one round trip.
-        # (Not when it polls this very slot: that look must come after the claim.)
+        """Claim the slot(s), then answer the application: 202, or 404 for a duplicate; for a
+        chained poll, what a poll of the next URL gets."""
         chain = self.chain
-        peeked = None
-        if chain is not None and chain[1] != self.slot:
-            peeked = peek(self.broker, chain[1], chain[2])
+        lookup = chain.look_ahead(self.broker, self.slot) if chain is not None else None
         try:
             for request, reply in pending:
                 await self.broker.route_reply(request, reply)
@@ -139,14 +126,11 @@ class DirectReply:
                 # Answered through another process meanwhile, or every requestor left: the
                 # first reply won (a requestor is answered once) and this one is a duplicate.
                 answer = Reply.error(404, "Request key not found")
-            elif self.chain is None:
+            elif chain is None:
                 answer = Reply(202, [], b"")
             else:
-                private, slot, pipelined = self.chain
                 assert self.gone is not None
-                polled = await chained_answer(
-                    self.broker, private, slot, pipelined=pipelined, gone=self.gone, pending=peeked
-                )
+                polled = await chain.answer(self.broker, self.gone, lookup)
                 if polled is None:
                     return  # the application left
                 answer = Reply(*polled)
@@ -158,6 +142,5 @@ class DirectReply:
             answer = Reply.error(500, "Internal Server Error")
         finally:
             runtime.held -= 1
-            if peeked is not None:
-                discard(peeked)
+            discard(lookup)
         writer.write_whole(answer.status, answer.headers, answer.body, head=False)

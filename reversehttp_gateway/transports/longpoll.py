@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from django.db import DatabaseError
@@ -91,20 +92,6 @@ def _delivery_headers(
     ]
 
 
-def peek(broker: Broker, slot: str, pipelined: bool) -> asyncio.Future[list[PublicRequest]]:
-    """Start looking for requests delivered on ``slot`` and still unanswered (RH-29), e.g.
-    while a reply's claim is under way: both commands go to Redis in one round trip."""
-    return asyncio.ensure_future(_pending(broker, slot, pipelined))
-
-
-def discard(future: asyncio.Future[list[PublicRequest]]) -> None:
-    """Drop a :func:`peek` that is not needed (any outcome retrieved)."""
-    if not future.done():
-        future.cancel()
-    elif not future.cancelled():
-        future.exception()  # retrieved: no "never retrieved" warning
-
-
 async def _pending(broker: Broker, slot: str, pipelined: bool) -> list[PublicRequest]:
     """Requests delivered on ``slot`` and still unanswered (RH-29)."""
     if not pipelined:
@@ -172,6 +159,7 @@ class PollRefused(Exception):
 
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+Lookup = asyncio.Future[list[PublicRequest]]
 
 
 async def poll(
@@ -208,12 +196,12 @@ async def poll_answer(
     *,
     pipelined: bool,
     gone: asyncio.Event,
-    pending: asyncio.Future[list[PublicRequest]] | None = None,
+    pending: Lookup | None = None,
 ) -> Answer | None:
     """What a poll on ``slot`` gets: 200 with the request(s), or 204 after POLL_TIMEOUT.
 
     None when the poller left meanwhile (``gone``). Raises :class:`PollRefused` (404, 409,
-    410, 429). ``pending``: the :func:`peek` at ``slot`` if one was started.
+    410, 429). ``pending``: a look at ``slot`` (RH-29) already under way, if any.
     """
     if not capabilities.slot_matches(address.key, slot):
         raise PollRefused(404, "Unknown Request URL")  # RH-23: never issued
@@ -241,60 +229,80 @@ async def poll_answer(
     return 200, _delivery_headers(address, requests, pipelined), body
 
 
-def chained_slot(scope: Scope, label: str, secret: str) -> str | None:
-    """The Request URL slot a reply POST asks to poll next (``Reversehttp-Poll``), if any.
+@dataclass(frozen=True, slots=True)
+class ChainedPoll:
+    """A reply's request to poll the next Request URL once accepted (``Reversehttp-Poll``,
+    docs/protocol.md "Chained polls"): the reply's label and secret, the slot to poll, and
+    whether the poll may deliver a batch (RH-26)."""
 
-    The header's value is the ``rel="next"`` URL the delivery gave, so it must name a Request
-    URL of the same private URL as the reply's. Raises ``ValueError`` for any other value.
-    """
-    value = header(scope, CHAIN_HEADER)
-    if value is None:
-        return None
-    try:
-        path = urlsplit(value.decode("ascii").strip()).path
-    except (UnicodeDecodeError, ValueError):
-        raise ValueError(CHAIN_ERROR) from None
-    parts = [unquote(part) for part in path.split("/") if part]
-    if (
-        len(parts) < 4
-        or parts[-4] != "r"
-        or parts[-3].lower() != label
-        or parts[-2] != secret
-        or parts[-1] in ("json", "ws")
-    ):
-        raise ValueError(CHAIN_ERROR)
-    return parts[-1]
+    private: tuple[str, str]
+    slot: str
+    pipelined: bool
 
+    @classmethod
+    def asked(cls, scope: Scope, label: str, secret: str) -> ChainedPoll | None:
+        """The chained poll a reply POST asks for, if any.
 
-async def chained_answer(
-    broker: Broker,
-    private: tuple[str, str],
-    slot: str,
-    *,
-    pipelined: bool,
-    gone: asyncio.Event,
-    pending: asyncio.Future[list[PublicRequest]] | None = None,
-) -> Answer | None:
-    """The answer to an accepted reply that asked to poll ``slot``: what a poll of it gets,
-    200 or 204. Anything else a poll could get (the URL refused, the registration gone, the
-    gateway's queue or database unavailable) is a 202, as without the chain: the next GET
-    finds it out. None when the application left meanwhile. ``pending``: see
-    :func:`poll_answer`."""
-    try:
-        address = await resolve_private_url(broker, *private)
-        if address is not None:
-            answer = await poll_answer(
-                broker, address, slot, pipelined=pipelined, gone=gone, pending=pending
-            )
-            if answer is not None:
-                count_chained_poll()
-            return answer
-    except (PollRefused, BrokerUnavailable, DatabaseError):
-        pass
-    finally:
-        if pending is not None:
+        The header's value is the ``rel="next"`` URL the delivery gave, so it must name a
+        Request URL of the same private URL as the reply's. Raises ``ValueError`` otherwise.
+        """
+        value = header(scope, CHAIN_HEADER)
+        if value is None:
+            return None
+        try:
+            path = urlsplit(value.decode("ascii").strip()).path
+        except (UnicodeDecodeError, ValueError):
+            raise ValueError(CHAIN_ERROR) from None
+        parts = [unquote(part) for part in path.split("/") if part]
+        if (
+            len(parts) < 4
+            or parts[-4] != "r"
+            or parts[-3].lower() != label
+            or parts[-2] != secret
+            or parts[-1] in ("json", "ws")
+        ):
+            raise ValueError(CHAIN_ERROR)
+        return cls((label, secret), parts[-1], wants_batch(scope))
+
+    def look_ahead(self, broker: Broker, reply_slot: str) -> Lookup | None:
+        """Start the poll's look for requests still pending on its slot (RH-29) now, so that
+        it goes to Redis with the reply's claim, in one round trip. None when the chain polls
+        the reply's own slot: that look must follow the claim."""
+        if self.slot == reply_slot:
+            return None
+        return asyncio.ensure_future(_pending(broker, self.slot, self.pipelined))
+
+    async def answer(
+        self, broker: Broker, gone: asyncio.Event, pending: Lookup | None = None
+    ) -> Answer | None:
+        """The answer to the accepted reply: what a poll of the slot gets, 200 or 204.
+        Anything else a poll could get (the URL refused, the registration gone, the gateway's
+        queue or database unavailable) is a 202, as without the chain: the next GET finds it
+        out. None when the application left meanwhile. ``pending``: :meth:`look_ahead`'s."""
+        try:
+            address = await resolve_private_url(broker, *self.private)
+            if address is not None:
+                answer = await poll_answer(
+                    broker, address, self.slot, pipelined=self.pipelined, gone=gone, pending=pending
+                )
+                if answer is not None:
+                    count_chained_poll()
+                return answer
+        except (PollRefused, BrokerUnavailable, DatabaseError):
+            pass
+        finally:
             discard(pending)
-    return 202, [], b""
+        return 202, [], b""
+
+
+def discard(lookup: Lookup | None) -> None:
+    """Drop a :meth:`ChainedPoll.look_ahead` that is not needed (its outcome retrieved)."""
+    if lookup is None:
+        return
+    if not lookup.done():
+        lookup.cancel()
+    elif not lookup.cancelled():
+        lookup.exception()  # retrieved: no "never retrieved" warning
 
 
 async def _fail_all(broker: Broker, requests: list[PublicRequest | None], reply: Reply) -> None:
@@ -340,7 +348,7 @@ async def reply(
     a GET of that URL would be (docs/protocol.md, "Chained polls").
     """
     try:
-        chain = chained_slot(scope, *private) if private is not None else None
+        chain = ChainedPoll.asked(scope, *private) if private is not None else None
     except ValueError as exc:
         await respond_error(send, 400, str(exc))  # nothing read, nothing routed
         return
@@ -354,28 +362,22 @@ async def reply(
         await _fail_all(broker, await broker.claim_batch(slot, limit), too_large)
         await respond_error(send, 413, "Response body too large")
         return
-    # A chained poll's look at its slot (RH-29) travels with the claim: one round trip.
-    # (Not when it polls this very slot: that look must come after the claim.)
-    pipelined = wants_batch(scope)
-    pending = peek(broker, chain, pipelined) if chain is not None and chain != slot else None
+    pending = chain.look_ahead(broker, slot) if chain is not None else None
     try:
         if not await _accept(broker, slot, body, send):
             return
-        if chain is None or private is None:
+        if chain is None:
             await respond(send, 202, [])  # RH-46
             return
         gone, watcher = watch_disconnect(receive)
         try:
-            answer = await chained_answer(
-                broker, private, chain, pipelined=pipelined, gone=gone, pending=pending
-            )
+            answer = await chain.answer(broker, gone, pending)
         finally:
             watcher.cancel()
         if answer is not None:
             await respond(send, *answer)
     finally:
-        if pending is not None:
-            discard(pending)
+        discard(pending)
 
 
 async def _accept(broker: Broker, slot: str, body: bytes, send: Send) -> bool:
