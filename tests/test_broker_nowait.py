@@ -273,3 +273,18 @@ async def test_settled_first_waits_do_not_pile_up():
         assert broker.route_reply_nowait(taken.request, Reply(200, [], b""))
     await asyncio.sleep(0)  # the done callbacks run
     assert len(deadlines._heap) <= 256 + 4 * max(deadlines._live, 1)
+
+
+async def test_the_broker_interface_declares_what_both_brokers_offer():
+    """Every public operation both brokers implement is part of ``Broker`` (documented there,
+    with its no-wait default where one exists), and the ones without a default are abstract:
+    callers may rely on the interface, not on one broker."""
+    shared = {
+        name
+        for name in vars(MemoryBroker).keys() & vars(RedisBroker).keys()
+        if not name.startswith("_") and callable(getattr(MemoryBroker, name))
+    }
+    assert shared <= set(vars(Broker)), sorted(shared - set(vars(Broker)))
+    assert {"route_reply", "activity", "claim", "claim_batch"} <= Broker.__abstractmethods__
+    for name in ("enqueue_nowait", "bind_nowait", "lookup_label_nowait", "delivered_here"):
+        assert getattr(Broker, name).__doc__, name

@@ -273,6 +273,45 @@ class Broker(abc.ABC):
         requestor left meanwhile. Empty when nothing is pending or every requestor left.
         """
 
+    @abc.abstractmethod
+    async def route_reply(self, request: PublicRequest, reply: Reply) -> None:
+        """Send ``reply`` to the process holding the public connection of ``request``."""
+
+    @abc.abstractmethod
+    async def activity(self, keys: list[str]) -> dict[str, Activity]: ...
+
+    # No-wait forms (docs/direct-path.md): complete at once without I/O, or decline.
+    def lookup_label_nowait(self, label: str) -> str | None:
+        """The key of ``label`` if known without I/O; None: unknown here (ask lookup_label)."""
+        return None
+
+    def enqueue_nowait(
+        self, key: str, request: PublicRequest, *, max_queued: int | None = None
+    ) -> Ticket | None:
+        """:meth:`enqueue` when it needs no I/O (a local poller, the local hold); None
+        otherwise. Raises QueueFull like enqueue."""
+        return None
+
+    def poll_nowait(self, key: str, waiter: Waiter) -> Taken | None:
+        """The next request of ``key`` if one is at hand without I/O; otherwise register
+        ``waiter`` (it gets the next one, like a ``take`` in progress) and return None.
+
+        Raises TooManyPollers as :meth:`take` does. Cancel ``waiter`` to stop waiting.
+        """
+        raise NotImplementedError
+
+    def bind_nowait(self, slot: str, taken: Taken) -> bool | None:
+        """:meth:`bind` with ``answered_here`` when it needs no I/O; None otherwise."""
+        return None
+
+    def claim_nowait(self, slot: str) -> PublicRequest | None:
+        """:meth:`claim` of a slot bound by :meth:`bind_nowait` (no I/O)."""
+        raise NotImplementedError
+
+    def route_reply_nowait(self, request: PublicRequest, reply: Reply) -> bool:
+        """:meth:`route_reply` when the requestor is held here; False otherwise."""
+        return False
+
     def delivered_here(self, slot: str, limit: int) -> list[PublicRequest] | None:
         """What this process delivered on ``slot`` and still holds the requestors of (as
         :meth:`claim_batch` would return it), without I/O and without claiming; None if not
