@@ -275,6 +275,50 @@ async def test_settled_first_waits_do_not_pile_up():
     assert len(deadlines._heap) <= 256 + 4 * max(deadlines._live, 1)
 
 
+async def test_an_undone_binding_leaves_the_request_waiting(broker):
+    """``unbind``: a request bound but never delivered (its poller left, or a batch position
+    found its slot taken) frees the slot and still waits; put back, it is delivered and
+    answered as any other (RH-30). (A claim instead would have dropped it.)"""
+    await broker.activate("k", "demo")
+    ticket = await broker.enqueue("k", public_request("/undone"))
+    taken = await broker.take("k", 2, asyncio.Event())
+    assert taken is not None and await broker.bind("slot-u", taken, 10)
+    await broker.unbind("slot-u", taken)
+    assert await broker.redeliver("slot-u") is None
+    assert await broker.claim("slot-u") is None
+    await broker.put_back(taken)
+    again = await broker.take("k", 2, asyncio.Event())
+    assert again is not None and again.request.request_id == ticket.request_id
+    assert await broker.bind("slot-v", again, 10)
+    claimed = await broker.claim("slot-v")
+    assert claimed is not None
+    await broker.route_reply(claimed, Reply(200, [], b"answered"))
+    assert (await asyncio.wait_for(ticket.reply, 2)).body == b"answered"
+
+
+async def test_an_undone_local_binding_on_redis_is_queued_again(redis_url):
+    """The same for a request handed over in this process, whose binding wrote its hash for
+    other processes (RH-47): put back with no local poller, it goes to the shared queue."""
+    async with running("redis", redis_url, local_hold=0.5) as broker:
+        await broker.activate("k", "demo")
+        recorder = Recorder()
+        broker.poll_nowait("k", recorder.handoff())
+        ticket = broker.enqueue_nowait("k", public_request("/held"))
+        assert ticket is not None and recorder.taken and recorder.taken[0].local
+        taken = recorder.taken[0]
+        assert await broker.bind("slot-l", taken, 10)
+        await broker.unbind("slot-l", taken)
+        assert await broker.redeliver("slot-l") is None
+        await broker.put_back(taken)
+        again = await broker.take("k", 2, asyncio.Event())
+        assert again is not None and again.request.request_id == ticket.request_id
+        assert await broker.bind("slot-m", again, 10)
+        claimed = await broker.claim("slot-m")
+        assert claimed is not None
+        await broker.route_reply(claimed, Reply(200, [], b"answered"))
+        assert (await asyncio.wait_for(ticket.reply, 2)).body == b"answered"
+
+
 async def test_the_broker_interface_declares_what_both_brokers_offer():
     """Every public operation both brokers implement is part of ``Broker`` (documented there,
     with its no-wait default where one exists), and the ones without a default are abstract:

@@ -253,6 +253,11 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def unbind(self, slot: str, taken: Taken) -> None:
+        """Undo :meth:`bind` of ``taken`` on ``slot`` before it was delivered: the slot is
+        free again and the request still waits (for :meth:`put_back`)."""
+
+    @abc.abstractmethod
     async def put_back(self, taken: Taken) -> None:
         """Return a request whose poller left before handover to the head of its queue."""
 

@@ -195,6 +195,12 @@ class MemoryBroker(Broker):
         self._seen[taken.key] = now()
         return True
 
+    async def unbind(self, slot: str, taken: Taken) -> None:
+        if self._slots.get(slot) == taken.request.request_id:
+            del self._slots[slot]
+            self._slot_expiry.pop(slot, None)
+            self._inflight[taken.key].pop(taken.request.request_id, None)
+
     async def put_back(self, taken: Taken) -> None:
         if not self._is_live(taken.request) or taken.key not in self._keys:
             return

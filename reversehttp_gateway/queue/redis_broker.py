@@ -99,6 +99,16 @@ end
 return 1
 """
 
+# Undo a binding: free the slot if it still names the request, drop its in-flight entry and,
+# for a request handed over locally (ARGV[2] == '1'), the hash its binding wrote (put_back
+# writes it again if the request goes to the shared queue). A queued request keeps its hash.
+_UNBIND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[2] == '1' then redis.call('DEL', KEYS[3]) end
+return 1
+"""
+
 # Pop the next queued id into this process's taking list and read its hash, in one round trip
 # (the dispatcher tries this before blocking in BLMOVE: under load the queue is rarely empty).
 _POP = """
@@ -758,6 +768,16 @@ class RedisBroker(Broker):
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def unbind(self, slot: str, taken: Taken) -> None:
+        if self._local_slots.get(slot) is taken.request:
+            del self._local_slots[slot]
+            return
+        self._bound.pop(slot, None)
+        request_id = taken.request.request_id
+        keys = [self._k("slot", slot), self._k("inflight", taken.key), self._k("req", request_id)]
+        async with self._guard():
+            await self._link.call("EVAL", _UNBIND, 3, *keys, request_id, int(taken.local))
 
     async def put_back(self, taken: Taken) -> None:
         request = taken.request

@@ -143,7 +143,7 @@ async def _take_more_held(broker: Broker, key: str, slot: str) -> list[Taken]:
     cut = bound.index(False)  # another poller on this URL (SlotBusy): the batch ends before it
     for batch_slot, taken, ok in reversed(list(zip(slots, more, bound, strict=True))[cut:]):
         if ok:
-            await broker.claim(batch_slot)
+            await broker.unbind(batch_slot, taken)
         await broker.put_back(taken)  # in reverse: back at the head in their order (RH-30)
     return more[:cut]
 

@@ -376,7 +376,8 @@ class ReversedConnection:
             await self.broker.put_back(taken)
             return True
         if self.writer.is_closing() or self.reader.at_eof():
-            await self.broker.put_back(taken)  # closed while binding; still not written
+            await self.broker.unbind(slot, taken)  # closed while binding; still not written
+            await self.broker.put_back(taken)
             return False
         return await self._relay(client, taken, slot, written=False)
 

@@ -333,6 +333,8 @@ class _Connection:
             self._slot_free()
             return
         if not bound or self.gone:
+            if bound:
+                await self.broker.unbind(slot, taken)
             await self.broker.put_back(taken)
             self._slot_free()
             return

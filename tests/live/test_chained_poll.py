@@ -221,3 +221,42 @@ async def test_a_reply_may_chain_to_its_own_url(gateway, client):
     assert chained.status_code == 200 and b"/same2 HTTP/1.1\r\n" in chained.content
     assert (await client.post(reg.first, content=envelope(body=b"2"))).status_code == 202
     assert (await second_public).text == "2"
+
+
+async def test_requests_held_for_the_busy_poller_are_delivered_once(start_gateway, client):
+    """Requests held in the gateway process while its only poller is busy (the local backlog;
+    LOCAL_QUEUE_SECONDS keeps them there through the test's pauses): a chained answer delivers
+    them, a refused duplicate reply leaves them for the next poll, and none is lost or
+    delivered twice (RH-29, RH-30, RH-47)."""
+    gateway = start_gateway("redis", LOCAL_QUEUE_SECONDS="1.2")
+    reg = await register(client, gateway.service_url, unique_label())
+    first_public, poll = await delivered(client, reg, "one")
+    nxt = next_url(poll)
+    second_public = asyncio.ensure_future(client.get(reg.public + "two"))
+    await asyncio.sleep(0.2)
+    chained = await client.post(reg.first, content=envelope(body=b"1"), headers={CHAIN: nxt})
+    assert chained.status_code == 200 and b"/two HTTP/1.1\r\n" in chained.content
+    after = next_url(chained)
+    third_public = asyncio.ensure_future(client.get(reg.public + "three"))
+    await asyncio.sleep(0.2)
+    duplicate = await client.post(reg.first, content=envelope(body=b"1"), headers={CHAIN: after})
+    assert duplicate.status_code == 404
+    again = await client.post(nxt, content=envelope(body=b"2"), headers={CHAIN: after})
+    assert again.status_code == 200 and b"/three HTTP/1.1\r\n" in again.content
+    assert (await client.post(after, content=envelope(body=b"3"))).status_code == 202
+    texts = [(await p).text for p in (first_public, second_public, third_public)]
+    assert texts == ["1", "2", "3"]
+    # A batch: held requests bound position by position (RH-26).
+    public, poll = await delivered(client, reg, "b")
+    held = [asyncio.ensure_future(client.get(reg.public + f"h{i}")) for i in range(3)]
+    await asyncio.sleep(0.3)
+    nxt = next_url(poll)
+    batch = await client.post(
+        poll.url, content=envelope(body=b"b"), headers={CHAIN: nxt, "Accept": "application/http"}
+    )
+    assert batch.status_code == 200 and batch.content.count(b" HTTP/1.1\r\n") == 3
+    paths = re.findall(rb"GET /\S*(h\d) HTTP/1\.1", batch.content)
+    pipeline = b"".join(envelope(headers={"Content-Length": "2"}, body=p) for p in paths)
+    assert (await client.post(nxt, content=pipeline)).status_code == 202
+    assert (await public).text == "b"
+    assert [(await p).text for p in held] == ["h0", "h1", "h2"]  # each its own response
