@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -388,12 +389,61 @@ async def test_no_holding_without_local_pollers_or_beyond_the_queue_limit(holdin
     assert await a.app_available("h7", grace=5)  # RH-64: a local poller asked just now
 
 
+async def another_process_polls(raw: aioredis.Redis, broker: RedisBroker, key: str) -> None:
+    """Register a (pretend) other process with pollers of ``key`` waiting, as its dispatcher's
+    heartbeat would (``disp:<key>``): spilling held requests can help now."""
+    await raw.zadd(broker._k("disp", key), {"another-host:1:abcd": time.time() + 60})
+
+
+async def test_held_requests_stay_held_while_no_other_process_polls(holding):
+    """The shared queue would only bring them back here, later and at the cost of its round
+    trips: held past LOCAL_QUEUE_SECONDS, in order, then taken here (RH-60)."""
+    a, _, raw = holding
+    await a.activate("h10", "alone")
+    await busy_poller(a, "h10")
+    tickets = [await a.enqueue("h10", public_request(b"GET /%d" % i)) for i in range(2)]
+    await asyncio.sleep(0.8)  # more than twice the 0.3 s hold
+    assert a.local_queued("h10") == 2 and await raw.llen(a._k("q", "h10")) == 0
+    for ticket in tickets:
+        taken = await a.take("h10", 1, asyncio.Event())
+        assert taken is not None and taken.local
+        assert taken.request.request_id == ticket.request_id
+
+
+async def test_held_requests_go_to_pollers_while_the_dispatcher_blocks(holding):
+    """A request of ours taken from the shared queue and still in flight does not keep the
+    local pollers from held requests once the queue is empty: no wait for the dispatcher's
+    blocking pop (BLOCK_SECONDS) or a spill."""
+    a, _, raw = holding
+    await a.activate("h11", "blocked")
+    await another_process_polls(raw, a, "h11")
+    await busy_poller(a, "h11")
+    spilled = await a.enqueue("h11", public_request(b"GET /spilled"))
+    for _ in range(100):  # spilled after the 0.3 s hold
+        if await raw.llen(a._k("q", "h11")):
+            break
+        await asyncio.sleep(0.02)
+    first = await a.take("h11", 2, asyncio.Event())  # from the shared queue; left in flight
+    assert first is not None and first.request.request_id == spilled.request_id
+    poller = await waiting_poller(a, "h11")  # the queue is empty: the dispatcher blocks
+    await asyncio.sleep(0.05)
+    direct = await a.enqueue("h11", public_request(b"GET /direct"))  # handed to that poller
+    assert (await asyncio.wait_for(poller, 1)).request.request_id == direct.request_id
+    held = await a.enqueue("h11", public_request(b"GET /held"))
+    assert a.local_queued("h11") == 1
+    started = time.monotonic()
+    taken = await a.take("h11", 2, asyncio.Event())
+    assert taken is not None and taken.request.request_id == held.request_id
+    assert time.monotonic() - started < 0.15
+
+
 async def test_spilled_requests_are_not_passed_by_newer_held_ones(holding):
-    """RH-60 under overload: once a held request spilled to the shared queue, the local pollers
-    take it before requests held after it (they would otherwise starve it while held requests
-    keep coming), and then the held ones."""
+    """RH-60 under overload: once a held request spilled to the shared queue (another process
+    polls the key), the local pollers take it before requests held after it (they would
+    otherwise starve it while held requests keep coming), and then the held ones."""
     a, _, raw = holding
     await a.activate("h8", "order")
+    await another_process_polls(raw, a, "h8")
     await busy_poller(a, "h8")
     older = await a.enqueue("h8", public_request(b"GET /older HTTP/1.1\r\n\r\n"))
     for _ in range(100):  # spilled after the 0.3 s hold

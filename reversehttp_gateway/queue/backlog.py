@@ -6,9 +6,11 @@ queue: a hash, a list push, a blocking pop by the dispatcher and a read back, fo
 that one of the same local pollers takes a millisecond later. The :class:`Backlog` keeps it
 here instead, in arrival order, for at most ``hold`` seconds: a local poller that asks within
 that time gets it with no Redis round trip; after it, the request *spills* to the shared queue,
-where any process's pollers can take it (``spill`` callback). Only keys with local pollers
-active within ``serving_window`` seconds are held, so a process without pollers for a key
-shares its requests at once.
+where any process's pollers can take it (``spill`` callback), unless ``keep`` says that no
+other process could take it sooner (none has pollers of the key waiting): then it stays held,
+in its place, for another ``hold`` seconds. Only keys with local pollers active within
+``serving_window`` seconds are held, so a process without pollers for a key shares its
+requests at once, and held requests spill once the local pollers stop asking.
 """
 
 from __future__ import annotations
@@ -23,16 +25,20 @@ from .base import PublicRequest
 __all__ = ["Backlog"]
 
 Spill = Callable[[str, PublicRequest], None]
+Keep = Callable[[str], bool]
 _Held = collections.OrderedDict[str, tuple[PublicRequest, asyncio.TimerHandle]]
 
 
 class Backlog:
     """Per key, the requests held for local pollers, oldest first, each with a spill timer."""
 
-    def __init__(self, hold: float, spill: Spill, *, serving_window: float = 1.0) -> None:
+    def __init__(
+        self, hold: float, spill: Spill, *, keep: Keep | None = None, serving_window: float = 1.0
+    ) -> None:
         self.hold = hold
         self.serving_window = serving_window
         self._spill = spill
+        self._keep = keep
         self._held: dict[str, _Held] = {}
         self._serving: dict[str, float] = {}  # key -> monotonic time a local poller last asked
 
@@ -108,9 +114,14 @@ class Backlog:
 
     def _expire(self, key: str, request_id: str) -> None:
         held = self._held.get(key)
-        entry = held.pop(request_id, None) if held else None
+        entry = held.get(request_id) if held else None
         if entry is None:
             return
+        if self._keep is not None and self.serving(key) and self._keep(key):
+            timer = asyncio.get_running_loop().call_later(self.hold, self._expire, key, request_id)
+            held[request_id] = (entry[0], timer)  # same place in line
+            return
+        del held[request_id]
         if not held:
             del self._held[key]
         self._spill(key, entry[0])

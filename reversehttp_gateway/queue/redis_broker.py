@@ -71,6 +71,7 @@ INLINE_REPLY_LIMIT = 256 * 1024
 RECORD_GRACE = 30
 LABEL_CACHE_SECONDS = 1.0
 SEEN_INTERVAL = 1.0
+OTHERS_INTERVAL = 0.5
 
 
 # Bind a taken request to its Request URL slot, once: SET NX, then the in-flight bookkeeping.
@@ -202,7 +203,10 @@ class RedisBroker(Broker):
         self._labels: dict[str, tuple[str, float]] = {}  # label -> (key, cached until)
         self._seen_written: dict[str, float] = {}
         self._dispatchers: dict[str, _Dispatcher] = {}
-        self._backlog = Backlog(local_hold, self._spill)
+        self._backlog = Backlog(local_hold, self._spill, keep=self._keep_held)
+        # Per key, whether another process had pollers of it waiting, and until when that
+        # reading is used (_keep_held).
+        self._others: dict[str, tuple[bool, float]] = {}
         self._background: set[asyncio.Task[None]] = set()  # held references (asyncio's advice)
         # Per key, requests of this process's requestors that went to the shared queue while the
         # key's pollers were served here: older than anything held, so served before it.
@@ -311,6 +315,7 @@ class RedisBroker(Broker):
 
     def _forget_key(self, key: str) -> None:
         """Evict ``key`` from the label cache (its registration is gone)."""
+        self._others.pop(key, None)
         for label in [label for label, (cached, _) in self._labels.items() if cached == key]:
             del self._labels[label]
 
@@ -416,6 +421,7 @@ class RedisBroker(Broker):
         self._pending[request.request_id] = future
         if not self._hand_over_locally(key, request):
             self._backlog.hold_request(key, request, max_queued)
+            self._others_polling(key)  # a reading before its hold expires
         return Ticket(key, request.request_id, future)
 
     def _has_local_waiter(self, key: str) -> bool:
@@ -479,6 +485,35 @@ class RedisBroker(Broker):
         """Whether the requestor of ``request_id`` (held by this process) still waits."""
         future = self._pending.get(request_id)
         return future is not None and not future.done()
+
+    def _keep_held(self, key: str) -> bool:
+        """Whether a held request whose hold expired stays held: while no other process has
+        pollers of ``key`` waiting, the shared queue would only bring it back here, later and
+        at the cost of its round trips."""
+        return not self._others_polling(key)
+
+    def _others_polling(self, key: str) -> bool:
+        """Whether another process had pollers of ``key`` waiting (``disp:<key>``) at the last
+        reading, taken in the background at most every ``OTHERS_INTERVAL`` seconds per key
+        (True until the first)."""
+        cached = self._others.get(key)
+        moment = now()
+        if cached is None or cached[1] <= moment:
+            if cached is None and len(self._others) >= 100_000:
+                self._others.clear()
+            cached = (cached[0] if cached else True, moment + OTHERS_INTERVAL)
+            self._others[key] = cached
+            self._in_background(self._read_others(key))
+        return cached[0]
+
+    async def _read_others(self, key: str) -> None:
+        try:
+            disp = self._k("disp", key)
+            procs = await self._link.call("ZRANGEBYSCORE", disp, repr(now()), "+inf")
+        except (RedisError, OSError):
+            return  # the previous reading stands
+        others = any(proc.decode() != self._proc for proc in procs)
+        self._others[key] = (others, now() + OTHERS_INTERVAL)
 
     def _spill(self, key: str, request: PublicRequest) -> None:
         """A held request no local poller took in time: to the shared queue (backlog.py)."""
@@ -638,11 +673,14 @@ class RedisBroker(Broker):
                 request_id, *flat = popped
                 fields = dict(zip(flat[::2], flat[1::2], strict=True))
                 request = self._from_hash(request_id.decode(), fields)
-            elif dispatcher.has_waiters() and (held := self._take_held(key)) is not None:
-                # The shared queue is empty: the requests held here are the oldest now.
-                dispatcher.waiters.popleft().set_result(held)
-                return
             else:
+                # The shared queue is empty: none of ours waits there any more (some may be in
+                # flight), so held requests are the oldest now and go straight to pollers
+                # again (poll_nowait), also while this task blocks below.
+                self._shared.pop(key, None)
+                if dispatcher.has_waiters() and (held := self._take_held(key)) is not None:
+                    dispatcher.waiters.popleft().set_result(held)
+                    return
                 request_id = await self._redis.blmove(queue, taking, BLOCK_SECONDS, "RIGHT", "LEFT")
                 if request_id is None:
                     return
