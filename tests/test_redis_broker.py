@@ -410,6 +410,23 @@ async def test_held_requests_stay_held_while_no_other_process_polls(holding):
         assert taken.request.request_id == ticket.request_id
 
 
+async def test_kept_requests_spill_once_another_process_polls(holding):
+    """Kept while alone; a poller that starts waiting in another process gets them within
+    about a second (the next reading of ``disp:<key>`` and the next look at the request)."""
+    a, b, raw = holding
+    await a.activate("h12", "joined")
+    await busy_poller(a, "h12")
+    ticket = await a.enqueue("h12", public_request(b"GET /kept"))
+    await asyncio.sleep(0.6)
+    assert a.local_queued("h12") == 1  # kept: nobody else polls
+    taken = await asyncio.wait_for(await waiting_poller(b, "h12"), 3)
+    assert not taken.local and taken.request.request_id == ticket.request_id
+    assert a.local_queued("h12") == 0
+    await answer_here(b, "slot-h12", taken, b"elsewhere")
+    assert (await asyncio.wait_for(ticket.reply, 2)).body == b"elsewhere"
+    assert await raw.llen(a._k("q", "h12")) == 0
+
+
 async def test_held_requests_go_to_pollers_while_the_dispatcher_blocks(holding):
     """A request of ours taken from the shared queue and still in flight does not keep the
     local pollers from held requests once the queue is empty: no wait for the dispatcher's

@@ -8,9 +8,9 @@ here instead, in arrival order, for at most ``hold`` seconds: a local poller tha
 that time gets it with no Redis round trip; after it, the request *spills* to the shared queue,
 where any process's pollers can take it (``spill`` callback), unless ``keep`` says that no
 other process could take it sooner (none has pollers of the key waiting): then it stays held,
-in its place, for another ``hold`` seconds. Only keys with local pollers active within
-``serving_window`` seconds are held, so a process without pollers for a key shares its
-requests at once, and held requests spill once the local pollers stop asking.
+in its place, and ``keep`` is asked again ``recheck`` seconds later. Only keys with local
+pollers active within ``serving_window`` seconds are held, so a process without pollers for a
+key shares its requests at once, and held requests spill once the local pollers stop asking.
 """
 
 from __future__ import annotations
@@ -33,12 +33,19 @@ class Backlog:
     """Per key, the requests held for local pollers, oldest first, each with a spill timer."""
 
     def __init__(
-        self, hold: float, spill: Spill, *, keep: Keep | None = None, serving_window: float = 1.0
+        self,
+        hold: float,
+        spill: Spill,
+        *,
+        keep: Keep | None = None,
+        recheck: float = 0.5,
+        serving_window: float = 1.0,
     ) -> None:
         self.hold = hold
         self.serving_window = serving_window
         self._spill = spill
         self._keep = keep
+        self._recheck = max(recheck, hold)
         self._held: dict[str, _Held] = {}
         self._serving: dict[str, float] = {}  # key -> monotonic time a local poller last asked
 
@@ -118,7 +125,9 @@ class Backlog:
         if entry is None:
             return
         if self._keep is not None and self.serving(key) and self._keep(key):
-            timer = asyncio.get_running_loop().call_later(self.hold, self._expire, key, request_id)
+            timer = asyncio.get_running_loop().call_later(
+                self._recheck, self._expire, key, request_id
+            )
             held[request_id] = (entry[0], timer)  # same place in line
             return
         del held[request_id]

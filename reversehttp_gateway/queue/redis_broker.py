@@ -203,7 +203,9 @@ class RedisBroker(Broker):
         self._labels: dict[str, tuple[str, float]] = {}  # label -> (key, cached until)
         self._seen_written: dict[str, float] = {}
         self._dispatchers: dict[str, _Dispatcher] = {}
-        self._backlog = Backlog(local_hold, self._spill, keep=self._keep_held)
+        self._backlog = Backlog(
+            local_hold, self._spill, keep=self._keep_held, recheck=OTHERS_INTERVAL
+        )
         # Per key, whether another process had pollers of it waiting, and until when that
         # reading is used (_keep_held).
         self._others: dict[str, tuple[bool, float]] = {}
