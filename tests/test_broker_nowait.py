@@ -22,6 +22,7 @@ from reversehttp_gateway.queue.base import (
     RegistrationGone,
     Reply,
     Taken,
+    Ticket,
     now,
 )
 from reversehttp_gateway.queue.memory import MemoryBroker
@@ -275,6 +276,18 @@ async def test_settled_first_waits_do_not_pile_up():
     assert len(deadlines._heap) <= 256 + 4 * max(deadlines._live, 1)
 
 
+async def delivered_and_answered(broker: Broker, ticket: Ticket) -> None:
+    """The next poll of "k" gets ``ticket``'s request; bound, claimed and answered, its
+    requestor has the reply."""
+    again = await broker.take("k", 2, asyncio.Event())
+    assert again is not None and again.request.request_id == ticket.request_id
+    assert await broker.bind("slot-again", again, 10)
+    claimed = await broker.claim("slot-again")
+    assert claimed is not None
+    await broker.route_reply(claimed, Reply(200, [], b"answered"))
+    assert (await asyncio.wait_for(ticket.reply, 2)).body == b"answered"
+
+
 async def test_an_undone_binding_leaves_the_request_waiting(broker):
     """``unbind``: a request bound but never delivered (its poller left, or a batch position
     found its slot taken) frees the slot and still waits; put back, it is delivered and
@@ -287,13 +300,7 @@ async def test_an_undone_binding_leaves_the_request_waiting(broker):
     assert await broker.redeliver("slot-u") is None
     assert await broker.claim("slot-u") is None
     await broker.put_back(taken)
-    again = await broker.take("k", 2, asyncio.Event())
-    assert again is not None and again.request.request_id == ticket.request_id
-    assert await broker.bind("slot-v", again, 10)
-    claimed = await broker.claim("slot-v")
-    assert claimed is not None
-    await broker.route_reply(claimed, Reply(200, [], b"answered"))
-    assert (await asyncio.wait_for(ticket.reply, 2)).body == b"answered"
+    await delivered_and_answered(broker, ticket)
 
 
 async def test_an_undone_local_binding_on_redis_is_queued_again(redis_url):
@@ -310,13 +317,7 @@ async def test_an_undone_local_binding_on_redis_is_queued_again(redis_url):
         await broker.unbind("slot-l", taken)
         assert await broker.redeliver("slot-l") is None
         await broker.put_back(taken)
-        again = await broker.take("k", 2, asyncio.Event())
-        assert again is not None and again.request.request_id == ticket.request_id
-        assert await broker.bind("slot-m", again, 10)
-        claimed = await broker.claim("slot-m")
-        assert claimed is not None
-        await broker.route_reply(claimed, Reply(200, [], b"answered"))
-        assert (await asyncio.wait_for(ticket.reply, 2)).body == b"answered"
+        await delivered_and_answered(broker, ticket)
 
 
 async def test_the_broker_interface_declares_what_both_brokers_offer():

@@ -334,6 +334,18 @@ async def test_held_request_is_bound_for_longpoll_like_a_local_handover(holding)
     assert (await asyncio.wait_for(ticket.reply, 2)).body == b"from b"
 
 
+async def answered_elsewhere(brokers: Pair, key: str, poller: asyncio.Task, ticket: Ticket) -> None:
+    """``poller``, waiting in ``b``, gets the request ``a`` held for ``ticket`` through the
+    shared queue and answers it; nothing stays held or queued."""
+    a, b, raw = brokers
+    taken = await asyncio.wait_for(poller, 3)
+    assert not taken.local and taken.request.request_id == ticket.request_id
+    assert a.local_queued(key) == 0
+    await answer_here(b, f"slot-{key}", taken, b"elsewhere")
+    assert (await asyncio.wait_for(ticket.reply, 2)).body == b"elsewhere"
+    assert await raw.llen(a._k("q", key)) == 0
+
+
 async def test_held_request_spills_to_the_shared_queue_for_other_processes(holding):
     """Not taken here within LOCAL_QUEUE_SECONDS: another process's poller gets it."""
     a, b, raw = holding
@@ -342,12 +354,7 @@ async def test_held_request_spills_to_the_shared_queue_for_other_processes(holdi
     poller_b = await waiting_poller(b, "h3")
     ticket = await a.enqueue("h3", public_request())
     assert a.local_queued("h3") == 1 and not poller_b.done()
-    taken = await asyncio.wait_for(poller_b, 3)  # after the 0.3 s hold
-    assert not taken.local and taken.request.request_id == ticket.request_id
-    assert a.local_queued("h3") == 0
-    await answer_here(b, "slot-h3", taken, b"spilled")
-    assert (await asyncio.wait_for(ticket.reply, 2)).body == b"spilled"
-    assert await raw.llen(a._k("q", "h3")) == 0
+    await answered_elsewhere(holding, "h3", poller_b, ticket)  # after the 0.3 s hold
 
 
 async def test_withdrawn_held_request_is_never_delivered(holding):
@@ -395,6 +402,21 @@ async def another_process_polls(raw: aioredis.Redis, broker: RedisBroker, key: s
     await raw.zadd(broker._k("disp", key), {"another-host:1:abcd": time.time() + 60})
 
 
+async def one_spilled(brokers: Pair, key: str, envelope: bytes) -> Ticket:
+    """A request ``a`` held for its busy poller of ``key`` and then spilled to the shared queue
+    (after its hold: another process polls the key)."""
+    a, _, raw = brokers
+    await a.activate(key, f"label-{key}")
+    await another_process_polls(raw, a, key)
+    await busy_poller(a, key)
+    ticket = await a.enqueue(key, public_request(envelope))
+    for _ in range(100):
+        if await raw.llen(a._k("q", key)):
+            return ticket
+        await asyncio.sleep(0.02)
+    raise AssertionError("nothing spilled")
+
+
 async def test_held_requests_stay_held_while_no_other_process_polls(holding):
     """The shared queue would only bring them back here, later and at the cost of its round
     trips: held past LOCAL_QUEUE_SECONDS, in order, then taken here (RH-60)."""
@@ -419,29 +441,17 @@ async def test_kept_requests_spill_once_another_process_polls(holding):
     ticket = await a.enqueue("h12", public_request(b"GET /kept"))
     await asyncio.sleep(0.6)
     assert a.local_queued("h12") == 1  # kept: nobody else polls
-    taken = await asyncio.wait_for(await waiting_poller(b, "h12"), 3)
-    assert not taken.local and taken.request.request_id == ticket.request_id
-    assert a.local_queued("h12") == 0
-    await answer_here(b, "slot-h12", taken, b"elsewhere")
-    assert (await asyncio.wait_for(ticket.reply, 2)).body == b"elsewhere"
-    assert await raw.llen(a._k("q", "h12")) == 0
+    await answered_elsewhere(holding, "h12", await waiting_poller(b, "h12"), ticket)
 
 
 async def test_held_requests_go_to_pollers_while_the_dispatcher_blocks(holding):
     """A request of ours taken from the shared queue and still in flight does not keep the
     local pollers from held requests once the queue is empty: no wait for the dispatcher's
     blocking pop (BLOCK_SECONDS) or a spill."""
-    a, _, raw = holding
-    await a.activate("h11", "blocked")
-    await another_process_polls(raw, a, "h11")
-    await busy_poller(a, "h11")
-    spilled = await a.enqueue("h11", public_request(b"GET /spilled"))
-    for _ in range(100):  # spilled after the 0.3 s hold
-        if await raw.llen(a._k("q", "h11")):
-            break
-        await asyncio.sleep(0.02)
+    a, _, _ = holding
+    older = await one_spilled(holding, "h11", b"GET /spilled")
     first = await a.take("h11", 2, asyncio.Event())  # from the shared queue; left in flight
-    assert first is not None and first.request.request_id == spilled.request_id
+    assert first is not None and first.request.request_id == older.request_id
     poller = await waiting_poller(a, "h11")  # the queue is empty: the dispatcher blocks
     await asyncio.sleep(0.05)
     direct = await a.enqueue("h11", public_request(b"GET /direct"))  # handed to that poller
@@ -459,14 +469,7 @@ async def test_spilled_requests_are_not_passed_by_newer_held_ones(holding):
     polls the key), the local pollers take it before requests held after it (they would
     otherwise starve it while held requests keep coming), and then the held ones."""
     a, _, raw = holding
-    await a.activate("h8", "order")
-    await another_process_polls(raw, a, "h8")
-    await busy_poller(a, "h8")
-    older = await a.enqueue("h8", public_request(b"GET /older HTTP/1.1\r\n\r\n"))
-    for _ in range(100):  # spilled after the 0.3 s hold
-        if await raw.llen(a._k("q", "h8")):
-            break
-        await asyncio.sleep(0.02)
+    older = await one_spilled(holding, "h8", b"GET /older HTTP/1.1\r\n\r\n")
     assert a.local_queued("h8") == 0 and await raw.llen(a._k("q", "h8")) == 1
     newer = await a.enqueue("h8", public_request(b"GET /newer HTTP/1.1\r\n\r\n"))
     assert a.local_queued("h8") == 1

@@ -41,6 +41,19 @@ async def delivered(client: httpx.AsyncClient, reg, path: str):  # noqa: ANN001,
     return public, poll
 
 
+async def one_delivered_one_waiting(  # noqa: ANN201
+    client: httpx.AsyncClient, service_url: str, *paths: str
+):
+    """A registration whose poller holds the delivery of ``first`` while ``second`` waits:
+    the registration, that poll, and both public requests."""
+    first, second = paths
+    reg = await register(client, service_url, unique_label())
+    first_public, poll = await delivered(client, reg, first)
+    second_public = asyncio.ensure_future(client.get(reg.public + second))
+    await asyncio.sleep(0.2)
+    return reg, poll, first_public, second_public
+
+
 async def test_an_accepted_reply_is_answered_with_the_next_request(gateway, client):
     """The chained answer is a poll's 200 (RH-21, RH-28): the first requestor has its reply,
     the second request comes back on the POST, and the chain goes on from its rel=next."""
@@ -87,11 +100,10 @@ async def test_nothing_arrives_204_with_the_same_url_next(gateway, client):
 async def test_a_chained_delivery_whose_answer_was_lost_is_delivered_again(gateway, client):
     """RH-29: the POST's 200 never reached the application; it GETs the next URL and gets
     the same request (after a retried POST of its reply is 404, RH-47)."""
-    reg = await register(client, gateway.service_url, unique_label())
-    first_public, poll = await delivered(client, reg, "a")
+    reg, poll, first_public, second_public = await one_delivered_one_waiting(
+        client, gateway.service_url, "a", "b"
+    )
     nxt = next_url(poll)
-    second_public = asyncio.ensure_future(client.get(reg.public + "b"))
-    await asyncio.sleep(0.2)
     chained = await client.post(reg.first, content=envelope(body=b"A"), headers={CHAIN: nxt})
     assert chained.status_code == 200
     retried = await client.post(reg.first, content=envelope(body=b"A"), headers={CHAIN: nxt})
@@ -229,11 +241,10 @@ async def test_requests_held_for_the_busy_poller_are_delivered_once(start_gatewa
     them, a refused duplicate reply leaves them for the next poll, and none is lost or
     delivered twice (RH-29, RH-30, RH-47)."""
     gateway = start_gateway("redis", LOCAL_QUEUE_SECONDS="1.2")
-    reg = await register(client, gateway.service_url, unique_label())
-    first_public, poll = await delivered(client, reg, "one")
+    reg, poll, first_public, second_public = await one_delivered_one_waiting(
+        client, gateway.service_url, "one", "two"
+    )
     nxt = next_url(poll)
-    second_public = asyncio.ensure_future(client.get(reg.public + "two"))
-    await asyncio.sleep(0.2)
     chained = await client.post(reg.first, content=envelope(body=b"1"), headers={CHAIN: nxt})
     assert chained.status_code == 200 and b"/two HTTP/1.1\r\n" in chained.content
     after = next_url(chained)
