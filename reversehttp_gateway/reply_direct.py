@@ -25,7 +25,7 @@ from .public import declared_length
 from .public_direct import ResponseWriter
 from .queue.base import Broker, BrokerUnavailable, PublicRequest, Reply
 from .runtime import runtime
-from .transports.longpoll import ChainedPoll, discard, parse_replies
+from .transports.longpoll import KEY_NOT_FOUND, ChainedPoll, discard, parse_replies
 from .waiting import Flag
 
 __all__ = ["DirectReply", "reply_exchange_for"]
@@ -125,7 +125,7 @@ class DirectReply:
             if not claimed:
                 # Answered through another process meanwhile, or every requestor left: the
                 # first reply won (a requestor is answered once) and this one is a duplicate.
-                answer = Reply.error(404, "Request key not found")
+                answer = Reply.error(404, KEY_NOT_FOUND)
             elif chain is None:
                 answer = Reply(202, [], b"")
             else:

@@ -57,6 +57,7 @@ SLOT_BUSY_MESSAGE = (
 )
 PIPELINE_TYPE = b"application/http"
 TOO_MANY_POLLERS = "Too many pollers are waiting for this registration"
+KEY_NOT_FOUND = "Request key not found"  # RH-47: the reference's words for a duplicate reply
 CHAIN_HEADER = b"reversehttp-poll"
 CHAIN_ERROR = "Reversehttp-Poll must be a Request URL of the same registration"
 
@@ -278,7 +279,8 @@ class ChainedPoll:
         """The answer to the accepted reply: what a poll of the slot gets, 200 or 204.
         Anything else a poll could get (the URL refused, the registration gone, the gateway's
         queue or database unavailable) is a 202, as without the chain: the next GET finds it
-        out. None when the application left meanwhile. ``pending``: :meth:`look_ahead`'s."""
+        out. None when the application left meanwhile. ``pending``: :meth:`look_ahead`'s (the
+        caller discards it)."""
         try:
             address = await resolve_private_url(broker, *self.private)
             if address is not None:
@@ -290,8 +292,6 @@ class ChainedPoll:
                 return answer
         except (PollRefused, BrokerUnavailable, DatabaseError):
             pass
-        finally:
-            discard(pending)
         return 202, [], b""
 
 
@@ -387,7 +387,7 @@ async def _accept(broker: Broker, slot: str, body: bytes, send: Send) -> bool:
     early = broker.delivered_here(slot, limit)
     requests = early if early is not None else await broker.claim_batch(slot, limit)
     if not requests:
-        await respond_error(send, 404, "Request key not found")  # RH-47
+        await respond_error(send, 404, KEY_NOT_FOUND)  # RH-47
         return False
     try:
         replies = parse_replies(requests, body)
@@ -403,6 +403,6 @@ async def _accept(broker: Broker, slot: str, body: bytes, send: Send) -> bool:
     if early is not None and not await broker.claim_batch(slot, limit):
         # Answered through another process meanwhile, or every requestor left: the first
         # reply won (a requestor is answered once) and this one counts as a duplicate.
-        await respond_error(send, 404, "Request key not found")  # RH-47
+        await respond_error(send, 404, KEY_NOT_FOUND)  # RH-47
         return False
     return True
