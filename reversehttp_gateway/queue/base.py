@@ -267,7 +267,9 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def claim(self, slot: str) -> PublicRequest | None:
-        """Claim the request delivered on ``slot``, once; None if nothing is pending (RH-47)."""
+        """Claim the request delivered on ``slot``, once; None if nothing is pending (RH-47).
+
+        What a reply needs of it (id, origin, method...): its envelope may be left empty."""
 
     @abc.abstractmethod
     async def claim_batch(self, slot: str, limit: int) -> list[PublicRequest | None]:
@@ -276,6 +278,7 @@ class Broker(abc.ABC):
         ``[request]`` for a single delivery on ``slot``; for a pipeline (RH-26), one entry per
         position ``slot.0``, ``slot.1``... (at most ``limit``), in order, None where the
         requestor left meanwhile. Empty when nothing is pending or every requestor left.
+        As for :meth:`claim`, the envelopes may be left empty.
         """
 
     @abc.abstractmethod

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -122,11 +123,13 @@ return result
 
 # Claim a single delivery on ARGV[2], or else a pipeline's positions ARGV[4], ARGV[6]... in
 # order until one is missing, once: GETDEL the slot, delete the request hash and its in-flight
-# entry. ARGV[i + 1] is the key of a request this process bound there ('' if none: its hash is
-# returned). Returns the flat list {n, id, deleted, #hash, hash...} per claimed slot, n being
-# its place among the candidates; deleted is 0 when the request was withdrawn.
+# entry. ARGV[i + 1] is the key of a request this process bound there ('' if none: the fields
+# of its hash that a reply needs are returned, not the envelope). Returns the flat list
+# {n, id, deleted, #fields, field, value...} per claimed slot, n being its place among the
+# candidates; deleted is 0 when the request was withdrawn.
 _CLAIM_BATCH = """
 local prefix = ARGV[1]
+local fields = {'key', 'client', 'method', 'deadline', 'origin', 'stream', 'length'}
 local out = {}
 local function claim(n)
   local id = redis.call('GETDEL', prefix .. 'slot:' .. ARGV[2 * n])
@@ -135,8 +138,14 @@ local function claim(n)
   local key = ARGV[2 * n + 1]
   local data = {}
   if key == '' then
-    key = redis.call('HGET', record, 'key')
-    data = redis.call('HGETALL', record)
+    local values = redis.call('HMGET', record, unpack(fields))
+    key = values[1]
+    for i, field in ipairs(fields) do
+      if values[i] then
+        data[#data + 1] = field
+        data[#data + 1] = values[i]
+      end
+    end
   end
   local deleted = redis.call('DEL', record)
   if key then redis.call('ZREM', prefix .. 'inflight:' .. key, id) end
@@ -197,7 +206,10 @@ class RedisBroker(Broker):
         # rest: blocking pops, pub/sub, bookkeeping.
         self._link = RedisLink(url)
         self._pending: dict[str, asyncio.Future[Reply]] = {}
-        self._bound: dict[str, PublicRequest] = {}  # slots this process bound, until claimed
+        # Slots this process bound, until claimed here, answered through another process, or
+        # expired: what a reply needs of the request, not its envelope (_remember_bound).
+        self._bound: dict[str, PublicRequest] = {}
+        self._bound_slot: dict[str, str] = {}  # request id -> its slot in _bound
         # Slots of requests handed over locally and answered here: never written to Redis.
         self._local_slots: dict[str, PublicRequest] = {}
         self._labels: dict[str, tuple[str, float]] = {}  # label -> (key, cached until)
@@ -281,6 +293,7 @@ class RedisBroker(Broker):
 
     async def _on_reply(self, data: bytes) -> None:
         request_id, inline, packed = msgpack.unpackb(data, raw=False)
+        self._forget_bound(request_id)  # claimed by the process that routed the reply
         future = self._pending.get(request_id)
         if future is None or future.done():
             return
@@ -725,7 +738,7 @@ class RedisBroker(Broker):
         if deadline <= now():
             return None
         return PublicRequest(
-            envelope=data[b"env"],
+            envelope=data.get(b"env", b""),  # not read by claims
             requesting_client=data[b"client"].decode(),
             method=data[b"method"].decode(),
             deadline=deadline,
@@ -778,9 +791,30 @@ class RedisBroker(Broker):
         async with self._guard():
             bound = await self._link.call("EVAL", script, 4, *keys, *args, *fields)
         if bound:
-            self._bound[slot] = request
+            self._remember_bound(slot, request)
             self._seen_written[taken.key] = now()
         return bool(bound)
+
+    def _remember_bound(self, slot: str, request: PublicRequest) -> None:
+        """Keep what a reply to ``slot`` received here needs of ``request`` (the direct reply
+        path, a claim without reading its hash), never its envelope: with several processes
+        the claim is often made by another one, and the entry then stays until the request
+        expires (``housekeeping``), or until the reply reaches its requestor here
+        (``_on_reply``)."""
+        self._bound[slot] = dataclasses.replace(request, envelope=b"")
+        self._bound_slot[request.request_id] = slot
+
+    def _pop_bound(self, slot: str) -> PublicRequest | None:
+        request = self._bound.pop(slot, None)
+        if request is not None:
+            self._bound_slot.pop(request.request_id, None)
+        return request
+
+    def _forget_bound(self, request_id: str) -> None:
+        """Drop the binding of ``request_id``: its slot was claimed by another process."""
+        slot = self._bound_slot.pop(request_id, None)
+        if slot is not None:
+            self._bound.pop(slot, None)
 
     def bind_nowait(self, slot: str, taken: Taken) -> bool | None:
         if not taken.local:
@@ -813,7 +847,7 @@ class RedisBroker(Broker):
         if self._local_slots.get(slot) is taken.request:
             del self._local_slots[slot]
             return
-        self._bound.pop(slot, None)
+        self._pop_bound(slot)
         request_id = taken.request.request_id
         keys = [self._k("slot", slot), self._k("inflight", taken.key), self._k("req", request_id)]
         async with self._guard():
@@ -857,7 +891,7 @@ class RedisBroker(Broker):
             single = self.claim_nowait(slot)
             return [single] if single is not None else []
         candidates = [slot] + [f"{slot}.{index}" for index in range(limit)]
-        held = [self._bound.pop(candidate, None) for candidate in candidates]
+        held = [self._pop_bound(candidate) for candidate in candidates]
         args = [x for c, h in zip(candidates, held, strict=True) for x in (c, h.key if h else "")]
         async with self._guard():
             result = await self._link.call("EVAL", _CLAIM_BATCH, 0, self._k(""), *args)
@@ -934,10 +968,12 @@ class RedisBroker(Broker):
         moment = now()
         for key in list(self._shared):  # drop the answered ones of keys nobody polls any more
             self._shared_waiting(key)
-        for bound in (self._bound, self._local_slots):
-            for slot, request in list(bound.items()):
-                if request.deadline < moment - RECORD_GRACE:
-                    del bound[slot]
+        for slot, request in list(self._local_slots.items()):
+            if request.deadline < moment - RECORD_GRACE:
+                del self._local_slots[slot]
+        for slot, request in list(self._bound.items()):
+            if request.deadline < moment - RECORD_GRACE:
+                self._pop_bound(slot)
         procs = self._k("procs")
         async with self._guard():
             await self._redis.zadd(procs, {self._proc: moment})
