@@ -229,6 +229,33 @@ async def test_deliveries_answered_elsewhere_or_abandoned_keep_no_body_here(pair
     assert kept < 600_000, f"{kept} bytes kept for 60 requests of 64 KiB"
 
 
+async def test_a_deleted_registration_leaves_no_state_in_either_process(pair):
+    """Registration churn (names created and deleted all day) must not grow a long-lived
+    process or Redis: once a key's registration is gone, no per-key map of either broker holds
+    it, and what Redis still has of it expires."""
+    a, b, raw = pair
+    for index in range(3):
+        key = f"churn-{index}"
+        await a.activate(key, f"churn{index}")
+        ticket, taken = await hand_over(a, a, key)  # a poller, a delivery, a reply
+        assert await a.bind(f"slot-churn-{index}", taken, 10)
+        claimed = await b.claim(f"slot-churn-{index}")
+        assert claimed is not None
+        await b.route_reply(claimed, Reply(200, [], b"ok"))
+        await asyncio.wait_for(ticket.reply, 2)
+        a.forget(ticket)
+        assert await b.lookup_label(f"churn{index}") == key
+        await a.deactivate(key, f"churn{index}")
+    # b hears the "gone" events; a's dispatchers end within their blocking pop (1 s).
+    await asyncio.sleep(redis_broker.BLOCK_SECONDS + 0.3)
+    left = [key async for key in raw.scan_iter(a._k("*churn*"))]
+    assert left and all([await raw.ttl(key) > 0 for key in left]), left
+    for broker in (a, b):
+        maps = [*vars(broker).values(), *vars(broker._backlog).values()]
+        kept = [m for m in maps if isinstance(m, dict) and any("churn" in str(k) for k in m)]
+        assert kept == [], f"per-key state left in {broker.process_id}: {kept}"
+
+
 async def test_put_back_of_a_local_request_queues_it_for_every_process(pair):
     """RH-30: a poller that left before handover; the request goes to the head of the queue."""
     a, b, _ = pair

@@ -72,6 +72,10 @@ INLINE_REPLY_LIMIT = 256 * 1024
 RECORD_GRACE = 30
 LABEL_CACHE_SECONDS = 1.0
 SEEN_INTERVAL = 1.0
+# ``seen:<key>`` expires a day after its last write: a deleted registration's may be written
+# again by a poller or dispatcher finishing after the deletion. The lease sweep keeps the last
+# poll in the database (leases.py), so nothing depends on an older one.
+SEEN_TTL = 86_400
 OTHERS_INTERVAL = 0.5
 
 
@@ -81,9 +85,9 @@ if not redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then return 0 en
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('LREM', KEYS[3], 1, ARGV[1])
-redis.call('SET', KEYS[4], ARGV[4])
+redis.call('SET', KEYS[4], ARGV[4], 'EX', SEEN_TTL)
 return 1
-"""
+""".replace("SEEN_TTL", str(SEEN_TTL))
 
 # Bind a request handed over locally (never queued): the same, plus its hash for other
 # processes (a long-poll reply may arrive at any of them). ARGV[5]: "1" unless the requestor
@@ -91,7 +95,7 @@ return 1
 # nothing is in flight.
 _BIND_LOCAL = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2], 'NX') then return 0 end
-redis.call('SET', KEYS[4], ARGV[4])
+redis.call('SET', KEYS[4], ARGV[4], 'EX', SEEN_TTL)
 if ARGV[5] == '1' then
   redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
   redis.call('EXPIRE', KEYS[2], ARGV[2])
@@ -99,7 +103,7 @@ if ARGV[5] == '1' then
   redis.call('EXPIRE', KEYS[3], ARGV[2])
 end
 return 1
-"""
+""".replace("SEEN_TTL", str(SEEN_TTL))
 
 # Undo a binding: free the slot if it still names the request, drop its in-flight entry and,
 # for a request handed over locally (ARGV[2] == '1'), the hash its binding wrote (put_back
@@ -329,8 +333,11 @@ class RedisBroker(Broker):
                     waiter.set_exception(RegistrationGone())
 
     def _forget_key(self, key: str) -> None:
-        """Evict ``key`` from the label cache (its registration is gone)."""
+        """Drop what this process keeps about ``key``, whose registration is gone: its label
+        cache entry and readings (keys are not reused; with registration churn they would add
+        up in a long-lived process)."""
         self._others.pop(key, None)
+        self._seen_written.pop(key, None)
         for label in [label for label, (cached, _) in self._labels.items() if cached == key]:
             del self._labels[label]
 
@@ -340,7 +347,7 @@ class RedisBroker(Broker):
             pipe.set(self._k("label", label), key)
             pipe.set(self._k("reg", key), label)
             pipe.sadd(self._k("regs"), key)
-            pipe.set(self._k("seen", key), repr(now()))
+            pipe.set(self._k("seen", key), repr(now()), ex=SEEN_TTL)
             await pipe.execute()
         self._labels.pop(label, None)
 
@@ -620,7 +627,7 @@ class RedisBroker(Broker):
         taken = waiter.result()  # raises RegistrationGone
         if taken is None:  # timed out, or the poller left
             with contextlib.suppress(RedisError):
-                await self._redis.set(self._k("seen", key), repr(now()))
+                await self._redis.set(self._k("seen", key), repr(now()), ex=SEEN_TTL)
             return None
         if disconnected.is_set():
             await self.put_back(taken)
@@ -669,7 +676,7 @@ class RedisBroker(Broker):
                 # meanwhile found this task still running, so look again before leaving.
                 with contextlib.suppress(RedisError):
                     await self._redis.zrem(self._k("disp", key), self._proc)
-                    await self._redis.set(self._k("seen", key), repr(now()))
+                    await self._redis.set(self._k("seen", key), repr(now()), ex=SEEN_TTL)
                 dispatcher.last_heartbeat = 0.0
                 if not dispatcher.has_waiters():
                     break
@@ -722,7 +729,7 @@ class RedisBroker(Broker):
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.zadd(self._k("disp", key), {self._proc: moment + 3 * BLOCK_SECONDS})
             pipe.expire(self._k("disp", key), 60)
-            pipe.set(self._k("seen", key), repr(moment))
+            pipe.set(self._k("seen", key), repr(moment), ex=SEEN_TTL)
             await pipe.execute()
 
     async def _load(self, request_id: str) -> PublicRequest | None:
@@ -835,7 +842,7 @@ class RedisBroker(Broker):
 
     async def _write_seen(self, key: str, moment: float) -> None:
         with contextlib.suppress(RedisError, OSError):
-            await self._link.call("SET", self._k("seen", key), repr(moment))
+            await self._link.call("SET", self._k("seen", key), repr(moment), "EX", SEEN_TTL)
 
     def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run ``coroutine`` in a task this broker holds a reference to (asyncio's advice)."""
