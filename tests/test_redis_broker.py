@@ -229,6 +229,21 @@ async def test_deliveries_answered_elsewhere_or_abandoned_keep_no_body_here(pair
     assert kept < 600_000, f"{kept} bytes kept for 60 requests of 64 KiB"
 
 
+async def test_a_reply_collected_after_resubscribing_ends_the_binding_too(pair):
+    """A reply routed while its origin was not subscribed waits in ``resp:<id>`` (after a Redis
+    restart, say); collecting it ends the binding like a published reply does."""
+    a, b, raw = pair
+    await a.activate("k11", "demo11")
+    ticket, taken = await hand_over(a, a, "k11")
+    assert await a.bind("slot-11", taken, 10)
+    claimed = await b.claim("slot-11")
+    assert claimed is not None
+    await raw.set(a._k("resp", claimed.request_id), Reply(200, [], b"stored").pack(), ex=30)
+    await a._collect_stranded_replies()  # what a resubscribed listener does first
+    assert (await asyncio.wait_for(ticket.reply, 1)).body == b"stored"
+    assert a.delivered_here("slot-11", 8) is None
+
+
 async def test_a_deleted_registration_leaves_no_state_in_either_process(pair):
     """Registration churn (names created and deleted all day) must not grow a long-lived
     process or Redis: once a key's registration is gone, no per-key map of either broker holds

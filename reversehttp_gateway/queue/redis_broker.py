@@ -318,8 +318,11 @@ class RedisBroker(Broker):
                 pipe.getdel(self._k("resp", request_id))
             stored = await pipe.execute()
         for request_id, packed in zip(waiting, stored, strict=True):
+            if packed is None:
+                continue
+            self._forget_bound(request_id)  # claimed by the process that stored the reply
             future = self._pending.get(request_id)
-            if packed is not None and future is not None and not future.done():
+            if future is not None and not future.done():
                 future.set_result(Reply.unpack(packed))
 
     def _on_event(self, data: bytes) -> None:
