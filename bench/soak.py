@@ -3,7 +3,10 @@
 Starts two gateway processes sharing Redis and one database on loopback, runs pollers that are
 restarted at random, registers and deletes names while traffic flows, and checks that every
 public request gets exactly one response and that it is its own (no loss, no duplicate, no
-cross-talk). Samples the gateways' RSS to show whether memory stays flat.
+cross-talk). Pollers post each reply to either gateway at random, as behind a balancer, so
+a reply is often claimed by the process that did not deliver its request. Samples the
+gateways' RSS to show whether memory stays flat (``--post-bytes 65536`` makes a leak of
+request bodies show within minutes).
 
     .venv/bin/python bench/soak.py --duration 1800 --rate 20 --out var/soak.json
 
@@ -54,6 +57,7 @@ def on(port: int, url: str) -> str:
 class Soak:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.ports: list[int] = []
         self.stats: collections.Counter[str] = collections.Counter()
         self.answered: collections.Counter[str] = collections.Counter()
         self.delivered: collections.Counter[str] = collections.Counter()
@@ -81,7 +85,8 @@ class Soak:
                     self.delivered[target] += 1
                     body = target.encode()
                     reply = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-                    await client.post(url, content=reply, timeout=15)
+                    # Either gateway, as behind a balancer (RH-47: any process may claim it).
+                    await client.post(on(random.choice(self.ports), url), content=reply, timeout=15)
                     url = on(port, response.headers["Link"].split(">")[0][1:])
                 self.stats["poller restarts"] += 1
             except httpx.HTTPError as exc:
@@ -108,8 +113,9 @@ class Soak:
         self.stats["public sent"] += 1
         try:
             if random.random() < 0.3:
+                body = (ident * (self.args.post_bytes // len(ident) + 1))[: self.args.post_bytes]
                 response = await client.post(
-                    f"http://127.0.0.1:{port}{path}", content=ident * 50, timeout=30
+                    f"http://127.0.0.1:{port}{path}", content=body, timeout=30
                 )
             else:
                 response = await client.get(f"http://127.0.0.1:{port}{path}", timeout=30)
@@ -143,7 +149,7 @@ class Soak:
                 }
             )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), 60)
+                await asyncio.wait_for(self.stop.wait(), self.args.sample_every)
 
     async def run(self) -> dict:
         tmp = Path(tempfile.mkdtemp(prefix="soak-"))
@@ -167,7 +173,7 @@ class Soak:
             **SETTINGS,
         ).start()
         gateways = [first, second]
-        ports = [g.port for g in gateways]
+        ports = self.ports = [g.port for g in gateways]
         labels = [f"soak{i}" for i in range(self.args.labels)]
         try:
             limits = httpx.Limits(max_connections=500, max_keepalive_connections=100)
@@ -196,6 +202,7 @@ class Soak:
             "duration_s": self.args.duration,
             "rate_per_s": self.args.rate,
             "labels": self.args.labels,
+            "post_bytes": self.args.post_bytes,
             "stats": dict(sorted(self.stats.items())),
             "requests_delivered_twice": duplicated,
             "responses_answered_twice": twice_answered,
@@ -209,6 +216,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=1800)
     parser.add_argument("--rate", type=float, default=20, help="public requests per second")
     parser.add_argument("--labels", type=int, default=4)
+    parser.add_argument(
+        "--post-bytes", type=int, default=1600, help="body size of the POSTs (30 %% of requests)"
+    )
+    parser.add_argument("--sample-every", type=float, default=60, help="RSS sampling, seconds")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "soak.json")
     args = parser.parse_args()
