@@ -76,7 +76,7 @@ SEEN_INTERVAL = 1.0
 # again by a poller or dispatcher finishing after the deletion. The lease sweep keeps the last
 # poll in the database (leases.py), so nothing depends on an older one.
 SEEN_TTL = 86_400
-OTHERS_INTERVAL = 0.5
+OTHERS_INTERVAL = 0.1
 
 
 # Bind a taken request to its Request URL slot, once: SET NX, then the in-flight bookkeeping.
