@@ -565,6 +565,34 @@ async def test_spilled_requests_are_not_passed_by_newer_held_ones(holding):
     assert (await asyncio.wait_for(newer.reply, 1)).body == b"newer"
 
 
+async def test_requests_queued_before_a_burst_are_not_passed_by_held_ones(holding):
+    """RH-60 at the start of a burst: pollers that waited idle for more than the serving window
+    take the first requests; the next ones go to the shared queue (no local poller asked
+    lately), and once the pollers ask again newer requests are held for them. The queued ones
+    come first: they used to wait, under sustained load, until no request was held any more
+    (WebSocket GET c=50: requests answered only when the load stopped, after seconds)."""
+    a, _, raw = holding
+    await a.activate("h9", "label-h9")
+    idle = await waiting_poller(a, "h9")
+    await asyncio.sleep(a._backlog.serving_window + 0.1)  # the pollers wait, idle
+    first = await a.enqueue("h9", public_request(b"GET /first HTTP/1.1\r\n\r\n"))
+    assert (await asyncio.wait_for(idle, 1)).request.request_id == first.request_id
+    older = await a.enqueue("h9", public_request(b"GET /older HTTP/1.1\r\n\r\n"))
+    assert await raw.llen(a._k("q", "h9")) == 1  # nobody asked here lately: shared
+    # A poller asks again, and a request arriving in the same turn goes straight to it.
+    asked: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
+    assert a.poll_nowait("h9", asked) is None
+    middle = a.enqueue_nowait("h9", public_request(b"GET /middle HTTP/1.1\r\n\r\n"))
+    assert middle is not None and asked.result().request.request_id == middle.request_id
+    newer = await a.enqueue("h9", public_request(b"GET /newer HTTP/1.1\r\n\r\n"))
+    assert a.local_queued("h9") == 1  # held: a poller asked here just now
+    await asyncio.sleep(0.05)
+    taken = await a.take("h9", 2, asyncio.Event())
+    assert taken is not None and taken.request.request_id == older.request_id
+    taken = await a.take("h9", 2, asyncio.Event())
+    assert taken is not None and taken.request.request_id == newer.request_id
+
+
 async def test_pipeline_of_held_requests_ends_before_a_busy_position(holding):
     """RH-26, RH-30: held requests join a pipeline bound in one round trip; a position already
     bound elsewhere (another poller on the same URL) ends the batch, and the requests from there

@@ -491,9 +491,11 @@ class RedisBroker(Broker):
 
     def _note_shared(self, key: str, request: PublicRequest) -> None:
         """``request`` (ours) waits in the shared queue; local pollers must not pass it by
-        taking newer held requests first (no starvation under overload)."""
-        if self._backlog.serving(key):
-            self._shared.setdefault(key, set()).add(request.request_id)
+        taking newer held requests first (no starvation under overload). Also when no local
+        poller asked lately: at the start of a burst the pollers that waited idle take the
+        first requests, the next ones queue here, and the pollers asking again get newer ones
+        held for them."""
+        self._shared.setdefault(key, set()).add(request.request_id)
 
     def _shared_waiting(self, key: str) -> bool:
         """Whether a request of ours that went to the shared queue for ``key`` still waits."""
@@ -613,6 +615,11 @@ class RedisBroker(Broker):
 
     def forget(self, ticket: Ticket) -> None:
         self._pending.pop(ticket.request_id, None)
+        shared = self._shared.get(ticket.key)
+        if shared is not None:
+            shared.discard(ticket.request_id)
+            if not shared:
+                del self._shared[ticket.key]
 
     async def withdraw(self, ticket: Ticket) -> bool:
         if self._backlog.remove(ticket.key, ticket.request_id):
