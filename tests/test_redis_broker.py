@@ -230,8 +230,9 @@ async def test_deliveries_answered_elsewhere_or_abandoned_keep_no_body_here(pair
 
 
 async def test_a_reply_collected_after_resubscribing_ends_the_binding_too(pair):
-    """A reply routed while its origin was not subscribed waits in ``resp:<id>`` (after a Redis
-    restart, say); collecting it ends the binding like a published reply does."""
+    """RH-47 across processes: a reply routed while its origin was not subscribed waits in
+    ``resp:<id>`` (after a Redis restart, say); collecting it ends the binding like a published
+    reply does."""
     a, b, raw = pair
     await a.activate("k11", "demo11")
     ticket, taken = await hand_over(a, a, "k11")
@@ -247,7 +248,8 @@ async def test_a_reply_collected_after_resubscribing_ends_the_binding_too(pair):
 async def test_a_deleted_registration_leaves_no_state_in_either_process(pair):
     """Registration churn (names created and deleted all day) must not grow a long-lived
     process or Redis: once a key's registration is gone, no per-key map of either broker holds
-    it, and what Redis still has of it expires."""
+    it, and what Redis still has of it expires (``seen:<key>``, the poller activity behind
+    RH-07 leases and RH-64, included)."""
     a, b, raw = pair
     for index in range(3):
         key = f"churn-{index}"
