@@ -581,18 +581,50 @@ async def test_requests_queued_before_a_burst_are_not_passed_by_held_ones(holdin
     assert (await asyncio.wait_for(idle, 1)).request.request_id == first.request_id
     older = await a.enqueue("h9", public_request(b"GET /older HTTP/1.1\r\n\r\n"))
     assert await raw.llen(a._k("q", "h9")) == 1  # nobody asked here lately: shared
-    # A poller asks again, and a request arriving in the same turn goes straight to it.
+    # A poller asks again; a request arriving in the same turn does not pass the queued one.
     asked: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
     assert a.poll_nowait("h9", asked) is None
     middle = a.enqueue_nowait("h9", public_request(b"GET /middle HTTP/1.1\r\n\r\n"))
-    assert middle is not None and asked.result().request.request_id == middle.request_id
+    assert middle is not None and not asked.done()
     newer = await a.enqueue("h9", public_request(b"GET /newer HTTP/1.1\r\n\r\n"))
-    assert a.local_queued("h9") == 1  # held: a poller asked here just now
-    await asyncio.sleep(0.05)
-    taken = await a.take("h9", 2, asyncio.Event())
-    assert taken is not None and taken.request.request_id == older.request_id
-    taken = await a.take("h9", 2, asyncio.Event())
-    assert taken is not None and taken.request.request_id == newer.request_id
+    assert a.local_queued("h9") == 2  # held: a poller asked here just now
+    taken = await asyncio.wait_for(asked, 2)
+    assert taken.request.request_id == older.request_id
+    for ticket in (middle, newer):
+        taken = await a.take("h9", 2, asyncio.Event())
+        assert taken is not None and taken.request.request_id == ticket.request_id
+
+
+async def test_a_waiting_poller_gets_another_process_queued_request_before_a_newer_local_one(
+    holding,
+):
+    """RH-60 across processes: while this process's last pop found the shared queue in use,
+    a request arriving here does not go straight to a local poller waiting for that queue,
+    passing older requests another process queued there; it is held and served after them.
+    (Behind a balancer, such passing gave two gateway processes twice the p99 of one.)"""
+    a, b, raw = holding
+    await a.activate("h10", "label-h10")
+    queued = [
+        await b.enqueue("h10", public_request(b"GET /b%d HTTP/1.1\r\n\r\n" % i)) for i in range(2)
+    ]
+    assert await raw.llen(a._k("q", "h10")) == 2  # b has no pollers: the shared queue
+    taken = await a.take("h10", 2, asyncio.Event())
+    assert taken is not None and taken.request.request_id == queued[0].request_id
+    # The dispatcher may have left (no poller waited): a new poller and, in the same turn, a
+    # request arriving here.
+    asked: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
+    assert a.poll_nowait("h10", asked) is None
+    local = a.enqueue_nowait("h10", public_request(b"GET /a HTTP/1.1\r\n\r\n"))
+    assert local is not None and not asked.done() and a.local_queued("h10") == 1
+    taken = await asyncio.wait_for(asked, 2)
+    assert taken.request.request_id == queued[1].request_id
+    taken = await a.take("h10", 2, asyncio.Event())  # the queue is empty now: the held one
+    assert taken is not None and taken.local and taken.request.request_id == local.request_id
+    assert not a._queue_busy  # the empty pop ended it: requests go straight to pollers again
+    poller = await waiting_poller(a, "h10")
+    direct = a.enqueue_nowait("h10", public_request(b"GET /direct HTTP/1.1\r\n\r\n"))
+    assert direct is not None and a.local_queued("h10") == 0
+    assert (await asyncio.wait_for(poller, 1)).request.request_id == direct.request_id
 
 
 async def test_pipeline_of_held_requests_ends_before_a_busy_position(holding):

@@ -229,6 +229,9 @@ class RedisBroker(Broker):
         # Per key, requests of this process's requestors that went to the shared queue while the
         # key's pollers were served here: older than anything held, so served before it.
         self._shared: dict[str, set[str]] = {}
+        # Keys whose shared queue held a request at this process's last pop: more may wait
+        # there (another process's, say), older than any request arriving here now.
+        self._queue_busy: set[str] = set()
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._closing = False
@@ -341,6 +344,7 @@ class RedisBroker(Broker):
         up in a long-lived process)."""
         self._others.pop(key, None)
         self._seen_written.pop(key, None)
+        self._queue_busy.discard(key)
         for label in [label for label, (cached, _) in self._labels.items() if cached == key]:
             del self._labels[label]
 
@@ -436,7 +440,7 @@ class RedisBroker(Broker):
         self, key: str, request: PublicRequest, *, max_queued: int | None = None
     ) -> Ticket | None:
         if request.body_stream or not (
-            self._has_local_waiter(key) or self._backlog.may_hold(key, max_queued)
+            self._may_hand_over(key) or self._backlog.may_hold(key, max_queued)
         ):
             return None
         request.request_id = new_id()
@@ -444,14 +448,23 @@ class RedisBroker(Broker):
         request.key = key
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request.request_id] = future
-        if not self._hand_over_locally(key, request):
+        if not (self._may_hand_over(key) and self._hand_over_locally(key, request)):
             self._backlog.hold_request(key, request, max_queued)
             self._others_polling(key)  # a reading before its hold expires
         return Ticket(key, request.request_id, future)
 
-    def _has_local_waiter(self, key: str) -> bool:
+    def _may_hand_over(self, key: str) -> bool:
+        """Whether a request arriving now may go straight to a poller of ``key`` waiting here:
+        one waits, and no older request waits for it in the shared queue (RH-60), neither one of
+        ours nor, as far as the last pop knows, another process's. Otherwise the request is held
+        and the dispatcher serves the queue first (then held requests, once it is empty)."""
         dispatcher = self._dispatchers.get(key)
-        return dispatcher is not None and dispatcher.has_waiters()
+        return (
+            dispatcher is not None
+            and key not in self._queue_busy
+            and dispatcher.has_waiters()
+            and not self._shared_waiting(key)
+        )
 
     def _hand_over_locally(self, key: str, request: PublicRequest) -> bool:
         """Give ``request`` to a poller of ``key`` waiting in this process, if one is."""
@@ -507,6 +520,11 @@ class RedisBroker(Broker):
         if not ids:
             del self._shared[key]
         return bool(ids)
+
+    def _queue_emptied(self, key: str) -> None:
+        """A pop found the shared queue of ``key`` empty: held requests are the oldest now."""
+        self._shared.pop(key, None)
+        self._queue_busy.discard(key)
 
     def _is_pending(self, request_id: str) -> bool:
         """Whether the requestor of ``request_id`` (held by this process) still waits."""
@@ -574,9 +592,12 @@ class RedisBroker(Broker):
         return self._backlog.count(key)
 
     def _next_held(self, key: str) -> Taken | None:
-        """The oldest held request, unless one of ours waits in the shared queue: that one is
-        older, and the dispatcher serves it first (then held ones, once the queue is empty)."""
-        return None if self._shared_waiting(key) else self._take_held(key)
+        """The oldest held request, unless the shared queue may hold older ones (ours, or, as
+        far as the last pop knows, another process's): the dispatcher serves those first (then
+        held ones, once the queue is empty)."""
+        if key in self._queue_busy or self._shared_waiting(key):
+            return None
+        return self._take_held(key)
 
     def _take_held(self, key: str) -> Taken | None:
         """The oldest request held here for ``key`` whose requestor still waits."""
@@ -669,7 +690,8 @@ class RedisBroker(Broker):
             while True:
                 request_id = await self._redis.lmove(queue, taking, "RIGHT", "LEFT")
                 if request_id is None:
-                    return None
+                    self._queue_emptied(key)
+                    return self._take_held(key)
                 request = await self._load(request_id.decode())
                 if request is not None:
                     return Taken(key, request)
@@ -702,6 +724,7 @@ class RedisBroker(Broker):
             await self._heartbeat(key, dispatcher)
             popped = await self._link.call("EVAL", _POP, 2, queue, taking, self._k(""))
             if popped:
+                self._queue_busy.add(key)
                 request_id, *flat = popped
                 fields = dict(zip(flat[::2], flat[1::2], strict=True))
                 request = self._from_hash(request_id.decode(), fields)
@@ -709,13 +732,14 @@ class RedisBroker(Broker):
                 # The shared queue is empty: none of ours waits there any more (some may be in
                 # flight), so held requests are the oldest now and go straight to pollers
                 # again (poll_nowait), also while this task blocks below.
-                self._shared.pop(key, None)
+                self._queue_emptied(key)
                 if dispatcher.has_waiters() and (held := self._take_held(key)) is not None:
                     dispatcher.waiters.popleft().set_result(held)
                     return
                 request_id = await self._redis.blmove(queue, taking, BLOCK_SECONDS, "RIGHT", "LEFT")
                 if request_id is None:
                     return
+                self._queue_busy.add(key)
                 request = await self._load(request_id.decode())
             if request is None:
                 await self._redis.lrem(taking, 1, request_id)
