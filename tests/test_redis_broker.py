@@ -486,6 +486,20 @@ async def another_process_polls(raw: aioredis.Redis, broker: RedisBroker, key: s
     await raw.zadd(broker._k("disp", key), {"another-host:1:abcd": time.time() + 60})
 
 
+async def others_stop_polling(raw: aioredis.Redis, broker: RedisBroker, key: str) -> None:
+    """The other process of :func:`another_process_polls` stops polling, and ``broker`` has
+    read so: its new requests of ``key`` are held again (none goes to the shared queue at once
+    while a poller waits elsewhere)."""
+    await raw.zrem(broker._k("disp", key), "another-host:1:abcd")
+    broker._others.pop(key, None)
+    broker._others_polling(key)
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if broker._others[key][0] is False:
+            return
+    raise AssertionError("no reading")
+
+
 async def one_spilled(brokers: Pair, key: str, envelope: bytes) -> Ticket:
     """A request ``a`` held for its busy poller of ``key`` and then spilled to the shared queue
     (after its hold: another process polls the key)."""
@@ -499,6 +513,50 @@ async def one_spilled(brokers: Pair, key: str, envelope: bytes) -> Ticket:
             return ticket
         await asyncio.sleep(0.02)
     raise AssertionError("nothing spilled")
+
+
+async def test_no_holding_while_another_process_has_pollers_waiting(holding):
+    """A poller waiting in another process serves a request sooner than a busy one here: once
+    a reading of ``disp:<key>`` says one waits, requests go to the shared queue at once instead
+    of waiting out LOCAL_QUEUE_SECONDS here (two and four processes behind a balancer at c=10
+    had a p99 of about the hold, 50 ms)."""
+    a, b, raw = holding
+    await a.activate("h14", "waiting-elsewhere")
+    await another_process_polls(raw, a, "h14")
+    await busy_poller(a, "h14")
+    poller_b = await waiting_poller(b, "h14")
+    a._others_polling("h14")  # the reading, in the background
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    ticket = await a.enqueue("h14", public_request())
+    assert a.local_queued("h14") == 0
+    await answered_elsewhere(holding, "h14", poller_b, ticket)
+    assert time.monotonic() - started < 0.25  # not after the 0.3 s hold
+
+
+async def test_the_oldest_held_request_goes_first_to_pollers_waiting_elsewhere(holding):
+    """RH-60 with the previous test: requests already held here, the oldest one goes to the
+    shared queue (for the pollers waiting elsewhere) and the new one is held behind the rest;
+    local pollers, too, then take the spilled one first."""
+    a, _, raw = holding
+    await a.activate("h15", "oldest-first")
+    await busy_poller(a, "h15")
+    older = await a.enqueue("h15", public_request(b"GET /older HTTP/1.1\r\n\r\n"))
+    assert a.local_queued("h15") == 1  # nobody else polls (no reading yet): held
+    await another_process_polls(raw, a, "h15")
+    a._others.pop("h15", None)
+    a._others_polling("h15")
+    await asyncio.sleep(0.05)
+    newer = await a.enqueue("h15", public_request(b"GET /newer HTTP/1.1\r\n\r\n"))
+    assert a.local_queued("h15") == 1  # the newer one; the older one is on its way to Redis
+    for _ in range(50):
+        if await raw.llen(a._k("q", "h15")):
+            break
+        await asyncio.sleep(0.01)
+    assert await raw.llen(a._k("q", "h15")) == 1
+    for ticket in (older, newer):
+        taken = await a.take("h15", 2, asyncio.Event())
+        assert taken is not None and taken.request.request_id == ticket.request_id
 
 
 async def test_held_requests_stay_held_while_no_other_process_polls(holding):
@@ -532,8 +590,9 @@ async def test_held_requests_go_to_pollers_while_the_dispatcher_blocks(holding):
     """A request of ours taken from the shared queue and still in flight does not keep the
     local pollers from held requests once the queue is empty: no wait for the dispatcher's
     blocking pop (BLOCK_SECONDS) or a spill."""
-    a, _, _ = holding
+    a, _, raw = holding
     older = await one_spilled(holding, "h11", b"GET /spilled")
+    await others_stop_polling(raw, a, "h11")
     first = await a.take("h11", 2, asyncio.Event())  # from the shared queue; left in flight
     assert first is not None and first.request.request_id == older.request_id
     poller = await waiting_poller(a, "h11")  # the queue is empty: the dispatcher blocks
@@ -555,6 +614,7 @@ async def test_spilled_requests_are_not_passed_by_newer_held_ones(holding):
     a, _, raw = holding
     older = await one_spilled(holding, "h8", b"GET /older HTTP/1.1\r\n\r\n")
     assert a.local_queued("h8") == 0 and await raw.llen(a._k("q", "h8")) == 1
+    await others_stop_polling(raw, a, "h8")
     newer = await a.enqueue("h8", public_request(b"GET /newer HTTP/1.1\r\n\r\n"))
     assert a.local_queued("h8") == 1
     first = await a.take("h8", 2, asyncio.Event())
@@ -603,27 +663,27 @@ async def test_a_waiting_poller_gets_another_process_queued_request_before_a_new
     passing older requests another process queued there; it is held and served after them.
     (Behind a balancer, such passing gave two gateway processes twice the p99 of one.)"""
     a, b, raw = holding
-    await a.activate("h10", "label-h10")
+    await a.activate("h13", "label-h13")
     queued = [
-        await b.enqueue("h10", public_request(b"GET /b%d HTTP/1.1\r\n\r\n" % i)) for i in range(2)
+        await b.enqueue("h13", public_request(b"GET /b%d HTTP/1.1\r\n\r\n" % i)) for i in range(2)
     ]
-    assert await raw.llen(a._k("q", "h10")) == 2  # b has no pollers: the shared queue
-    taken = await a.take("h10", 2, asyncio.Event())
+    assert await raw.llen(a._k("q", "h13")) == 2  # b has no pollers: the shared queue
+    taken = await a.take("h13", 2, asyncio.Event())
     assert taken is not None and taken.request.request_id == queued[0].request_id
     # The dispatcher may have left (no poller waited): a new poller and, in the same turn, a
     # request arriving here.
     asked: asyncio.Future[Taken] = asyncio.get_running_loop().create_future()
-    assert a.poll_nowait("h10", asked) is None
-    local = a.enqueue_nowait("h10", public_request(b"GET /a HTTP/1.1\r\n\r\n"))
-    assert local is not None and not asked.done() and a.local_queued("h10") == 1
+    assert a.poll_nowait("h13", asked) is None
+    local = a.enqueue_nowait("h13", public_request(b"GET /a HTTP/1.1\r\n\r\n"))
+    assert local is not None and not asked.done() and a.local_queued("h13") == 1
     taken = await asyncio.wait_for(asked, 2)
     assert taken.request.request_id == queued[1].request_id
-    taken = await a.take("h10", 2, asyncio.Event())  # the queue is empty now: the held one
+    taken = await a.take("h13", 2, asyncio.Event())  # the queue is empty now: the held one
     assert taken is not None and taken.local and taken.request.request_id == local.request_id
     assert not a._queue_busy  # the empty pop ended it: requests go straight to pollers again
-    poller = await waiting_poller(a, "h10")
-    direct = a.enqueue_nowait("h10", public_request(b"GET /direct HTTP/1.1\r\n\r\n"))
-    assert direct is not None and a.local_queued("h10") == 0
+    poller = await waiting_poller(a, "h13")
+    direct = a.enqueue_nowait("h13", public_request(b"GET /direct HTTP/1.1\r\n\r\n"))
+    assert direct is not None and a.local_queued("h13") == 0
     assert (await asyncio.wait_for(poller, 1)).request.request_id == direct.request_id
 
 

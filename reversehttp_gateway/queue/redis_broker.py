@@ -440,7 +440,7 @@ class RedisBroker(Broker):
         self, key: str, request: PublicRequest, *, max_queued: int | None = None
     ) -> Ticket | None:
         if request.body_stream or not (
-            self._may_hand_over(key) or self._backlog.may_hold(key, max_queued)
+            self._may_hand_over(key) or self._hold_here(key, max_queued)
         ):
             return None
         request.request_id = new_id()
@@ -452,6 +452,27 @@ class RedisBroker(Broker):
             self._backlog.hold_request(key, request, max_queued)
             self._others_polling(key)  # a reading before its hold expires
         return Ticket(key, request.request_id, future)
+
+    def _hold_here(self, key: str, max_queued: int | None) -> bool:
+        """Whether a request no local poller waits for is held for the local pollers (the
+        backlog's rules). When another process had pollers of ``key`` waiting at the last
+        reading, and the shared queue holds nothing for them yet, the oldest request held here
+        goes to them now (spilled) rather than after its hold, and this one is held; with none
+        held, this one goes (False). With several processes at moderate load, held requests
+        used to wait out their hold while pollers elsewhere were idle."""
+        if not self._backlog.may_hold(key, max_queued):
+            return False
+        if (
+            key in self._queue_busy
+            or self._shared_waiting(key)
+            or not self._others_polling(key, unknown=False)
+        ):
+            return True
+        oldest = self._take_held(key)
+        if oldest is None:
+            return False
+        self._spill(key, oldest.request)
+        return True
 
     def _may_hand_over(self, key: str) -> bool:
         """Whether a request arriving now may go straight to a poller of ``key`` waiting here:
@@ -537,16 +558,16 @@ class RedisBroker(Broker):
         at the cost of its round trips."""
         return not self._others_polling(key)
 
-    def _others_polling(self, key: str) -> bool:
+    def _others_polling(self, key: str, *, unknown: bool = True) -> bool:
         """Whether another process had pollers of ``key`` waiting (``disp:<key>``) at the last
         reading, taken in the background at most every ``OTHERS_INTERVAL`` seconds per key
-        (True until the first)."""
+        (``unknown`` until the first)."""
         cached = self._others.get(key)
         moment = now()
         if cached is None or cached[1] <= moment:
             if cached is None and len(self._others) >= 100_000:
                 self._others.clear()
-            cached = (cached[0] if cached else True, moment + OTHERS_INTERVAL)
+            cached = (cached[0] if cached else unknown, moment + OTHERS_INTERVAL)
             self._others[key] = cached
             self._in_background(self._read_others(key))
         return cached[0]
@@ -563,6 +584,7 @@ class RedisBroker(Broker):
     def _spill(self, key: str, request: PublicRequest) -> None:
         """A held request no local poller took in time: to the shared queue (backlog.py)."""
         if self._still_waiting(request):
+            self._note_shared(key, request)  # local pollers look in the queue first from now
             self._in_background(self._push_spilled(key, request))
 
     async def _push_spilled(self, key: str, request: PublicRequest) -> None:
