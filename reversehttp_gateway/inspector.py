@@ -47,7 +47,12 @@ T = TypeVar("T")
 
 MAX_PENDING = 10_000  # records waiting to be written; more are dropped (and counted)
 FLUSH_INTERVAL = 1.0  # seconds between two writes
-BATCH_SIZE = 500  # rows per INSERT
+BATCH_SIZE = 100  # rows per INSERT
+# The writer thread lets go of the GIL every this many rows (and between INSERTs). Holding it,
+# it kept the event loop's thread waiting a whole switch interval (5 ms) at a time while a
+# second's rows were prepared: PTTH GET c=10 had a p99 of 17 to 24 ms against 7 to 8 with
+# the request log off; 7 to 8.4 ms with these yields (docs/benchmarks.md).
+YIELD_EVERY = 8
 HEAD_LIMIT = 16 * 1024  # bytes of the request head kept
 TARGET_LIMIT = 2000  # characters of the request target kept
 REDACTED = "[redacted]"
@@ -251,7 +256,9 @@ def write(batch: list[Captured]) -> int:
     )
     adapters = _adapters(connection)
     params = []
-    for item in batch:
+    for count, item in enumerate(batch, 1):
+        if count % YIELD_EVERY == 0:
+            time.sleep(0)  # let the event loop's thread have the GIL (see YIELD_EVERY)
         values = row_values(item, redact)
         row = [values[name] for name in _COLUMNS]
         for index, adapt in adapters:
@@ -260,6 +267,7 @@ def write(batch: list[Captured]) -> int:
         params.append(row)
     with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
         for start in range(0, len(params), BATCH_SIZE):
+            time.sleep(0)
             cursor.executemany(sql, params[start : start + BATCH_SIZE])
     return len(batch)
 
