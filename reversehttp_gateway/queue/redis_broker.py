@@ -439,16 +439,17 @@ class RedisBroker(Broker):
     def enqueue_nowait(
         self, key: str, request: PublicRequest, *, max_queued: int | None = None
     ) -> Ticket | None:
-        if request.body_stream or not (
-            self._may_hand_over(key) or self._hold_here(key, max_queued)
-        ):
+        if request.body_stream:
+            return None
+        hand_over = self._may_hand_over(key)
+        if not (hand_over or self._hold_here(key, max_queued)):
             return None
         request.request_id = new_id()
         request.origin = self._proc
         request.key = key
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[request.request_id] = future
-        if not (self._may_hand_over(key) and self._hand_over_locally(key, request)):
+        if not (hand_over and self._hand_over_locally(key, request)):
             self._backlog.hold_request(key, request, max_queued)
             self._others_polling(key)  # a reading before its hold expires
         return Ticket(key, request.request_id, future)
