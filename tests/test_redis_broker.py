@@ -687,6 +687,26 @@ async def test_a_waiting_poller_gets_another_process_queued_request_before_a_new
     assert (await asyncio.wait_for(poller, 1)).request.request_id == direct.request_id
 
 
+async def test_take_nowait_serves_the_queue_first_then_held_requests(holding):
+    """RH-60, RH-26: a pipeline's further requests come from the shared queue while it is in
+    use (another process's, older), then, once it is found empty, from those held here."""
+    a, b, raw = holding
+    await a.activate("h16", "label-h16")
+    queued = await b.enqueue("h16", public_request(b"GET /b HTTP/1.1\r\n\r\n"))
+    busy = await a.take("h16", 2, asyncio.Event())  # b's request: the queue was in use
+    assert busy is not None and busy.request.request_id == queued.request_id
+    assert await a.bind("busy-h16", busy, 10)  # this poller is busy answering it now
+    assert "h16" in a._queue_busy
+    queued_too = await b.enqueue("h16", public_request(b"GET /b2 HTTP/1.1\r\n\r\n"))
+    held = a.enqueue_nowait("h16", public_request(b"GET /a HTTP/1.1\r\n\r\n"))
+    assert held is not None and a.local_queued("h16") == 1
+    first = await a.take_nowait("h16")
+    assert first is not None and first.request.request_id == queued_too.request_id
+    second = await a.take_nowait("h16")  # the queue is empty now
+    assert second is not None and second.local and second.request.request_id == held.request_id
+    assert await a.take_nowait("h16") is None
+
+
 async def test_pipeline_of_held_requests_ends_before_a_busy_position(holding):
     """RH-26, RH-30: held requests join a pipeline bound in one round trip; a position already
     bound elsewhere (another poller on the same URL) ends the batch, and the requests from there

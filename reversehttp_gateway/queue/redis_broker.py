@@ -451,7 +451,6 @@ class RedisBroker(Broker):
         self._pending[request.request_id] = future
         if not (hand_over and self._hand_over_locally(key, request)):
             self._backlog.hold_request(key, request, max_queued)
-            self._others_polling(key)  # a reading before its hold expires
         return Ticket(key, request.request_id, future)
 
     def _hold_here(self, key: str, max_queued: int | None) -> bool:
@@ -463,11 +462,9 @@ class RedisBroker(Broker):
         used to wait out their hold while pollers elsewhere were idle."""
         if not self._backlog.may_hold(key, max_queued):
             return False
-        if (
-            key in self._queue_busy
-            or self._shared_waiting(key)
-            or not self._others_polling(key, unknown=False)
-        ):
+        # Also the reading the held request's spill decision uses (_keep_held).
+        others = self._others_polling(key, unknown=False)
+        if not others or key in self._queue_busy or self._shared_waiting(key):
             return True
         oldest = self._take_held(key)
         if oldest is None:
