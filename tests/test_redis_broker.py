@@ -119,14 +119,19 @@ async def test_local_handover_answered_here_touches_no_queue_or_record(pair):
 
 
 async def test_local_handover_bound_for_longpoll_can_be_answered_by_another_process(pair):
-    """RH-29, RH-47: a long-poll reply may reach any process; the record is written at bind."""
-    a, b, _ = pair
+    """RH-29, RH-47: a long-poll reply may reach any process; the record is written at bind,
+    without the envelope, which the process re-delivering asks the requestor's process for."""
+    a, b, raw = pair
     await a.activate("k2", "demo2")
     ticket, taken = await hand_over(a, a, "k2")
     assert taken.local
     assert await a.bind("slot-2", taken, 10)
+    record = a._k("req", ticket.request_id)
+    assert await raw.hget(record, "key") == b"k2" and not await raw.hexists(record, "env")
     again = await b.redeliver("slot-2")  # RH-29: the same request on a repeated poll
     assert again is not None and again.envelope == ENVELOPE
+    assert again.request_id == ticket.request_id and again.origin == a.process_id
+    assert (await a.redeliver("slot-2")).envelope == ENVELOPE  # and in its own process
     claimed = await b.claim("slot-2")
     assert claimed is not None and claimed.origin == a.process_id
     assert await a.claim("slot-2") is None
@@ -724,3 +729,67 @@ async def test_pipeline_of_held_requests_ends_before_a_busy_position(holding):
     rest = [await a.take("h9", 1, asyncio.Event()) for _ in range(2)]
     # Back at the head of the queue (their order there can race with the dispatcher's pop).
     assert {t.request.request_id for t in rest if t} == {t.request_id for t in tickets[2:]}
+
+
+async def test_a_large_body_bound_for_longpoll_stays_out_of_redis_until_redelivered(pair):
+    """RH-29: a 1 MiB request handed over locally and bound for long-poll writes no body to
+    Redis; a re-delivery by another process gets it whole from the requestor's process, which
+    lets it go once the requestor is answered."""
+    a, b, raw = pair
+    await a.activate("k20", "demo20")
+    body = bytes(range(256)) * 4096
+    envelope = b"POST /up HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    ticket, taken = await hand_over(a, a, "k20", public_request(envelope))
+    assert await a.bind("slot-20", taken, 10)
+    info = await raw.memory_usage(a._k("req", ticket.request_id))
+    assert info is not None and info < 4096
+    again = await b.redeliver("slot-20")
+    assert again is not None and again.envelope == envelope
+    assert await keys_of(raw, a, "envans") == []  # the answer was popped
+    claimed = await b.claim("slot-20")
+    assert claimed is not None
+    await b.route_reply(claimed, Reply(200, [], b"stored"))
+    assert (await asyncio.wait_for(ticket.reply, 2)).body == b"stored"
+    a.forget(ticket)
+    assert ticket.request_id not in a._envelopes
+
+
+async def test_no_redelivery_elsewhere_once_the_requestor_left(pair):
+    """RH-29, RH-47: the requestor's process answers an ask for a request whose requestor left
+    with nothing, at once; the poll then waits for new requests instead."""
+    a, b, _ = pair
+    await a.activate("k21", "demo21")
+    ticket, taken = await hand_over(a, a, "k21")
+    assert await a.bind("slot-21", taken, 10)
+    a.forget(ticket)  # the public client left
+    started = time.monotonic()
+    assert await b.redeliver("slot-21") is None
+    assert time.monotonic() - started < redis_broker.ENVELOPE_WAIT / 2
+    assert await a.redeliver("slot-21") is None
+
+
+async def test_no_redelivery_elsewhere_when_the_requestors_process_is_gone(redis_url):
+    """RH-29: nobody listens for the envelope of a request whose process stopped (its
+    requestor's connection went with it): no re-delivery, and no wait for an answer."""
+    async with broker_pair(redis_url) as (a, b, _):
+        await a.activate("k22", "demo22")
+        _, taken = await hand_over(a, a, "k22")
+        assert await a.bind("slot-22", taken, 10)
+        await a.close()
+        started = time.monotonic()
+        assert await b.redeliver("slot-22") is None
+        assert time.monotonic() - started < redis_broker.ENVELOPE_WAIT / 2
+
+
+async def test_an_envelope_kept_for_redelivery_goes_with_its_binding(pair):
+    """A local binding undone (the poller left before its delivery was written) drops the
+    envelope kept for it; put back, the request is stored whole for the shared queue (RH-30)."""
+    a, _, raw = pair
+    await a.activate("k23", "demo23")
+    ticket, taken = await hand_over(a, a, "k23")
+    assert await a.bind("slot-23", taken, 10)
+    assert a._envelopes == {ticket.request_id: ENVELOPE}
+    await a.unbind("slot-23", taken)
+    assert a._envelopes == {}
+    await a.put_back(taken)
+    assert await raw.hget(a._k("req", ticket.request_id), "env") == ENVELOPE

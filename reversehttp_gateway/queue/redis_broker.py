@@ -9,7 +9,9 @@ Layout, under ``<prefix>:``:
 - ``slot:<slot>``: the request delivered on a Request URL, until answered (RH-29, RH-47);
 - ``inflight:<key>`` and ``disp:<key>``: sorted sets of delivered requests and of processes with
   waiting pollers, scored by expiry; ``seen:<key>``: last poller activity (RH-07, RH-64);
-- channels ``reply:<proc>`` (replies to the process holding the public socket) and ``events``.
+- channels ``reply:<proc>`` (replies to the process holding the public socket), ``envelope:<proc>``
+  (asks for the envelope of a request bound there, see below) and ``events``; ``envans:<id>``:
+  the answer to one such ask (a list, popped with a timeout).
 
 Blocking pops use server-side timeouts only and are never cancelled (notes P4, P9): one
 dispatcher task per (process, key) pops while local pollers wait and hands items to them FIFO.
@@ -18,7 +20,9 @@ Local handover (docs/architecture.md, "Local handover"): a public request that a
 poller of its key waits in this same process goes straight to that poller, without the queue,
 the request hash or the dispatcher. If the poller answers on its own connection (WebSocket,
 PTTH) nothing about it is written to Redis; otherwise ``bind`` writes the request hash and the
-slot in one script, so that a reply reaching any process finds it (RH-29, RH-47). A crash loses
+slot in one script, so that a reply reaching any process finds it (RH-29, RH-47). That hash has
+no envelope (the request's body would cross Redis twice on the critical path): a process that
+must re-deliver the request (RH-29) asks the process holding its requestor for it. A crash loses
 nothing more than before: the requestor's connection dies with the process that held both.
 Labels are cached per process for ``LABEL_CACHE_SECONDS``; ``gone`` events evict them at once.
 """
@@ -77,6 +81,8 @@ SEEN_INTERVAL = 1.0
 # poll in the database (leases.py), so nothing depends on an older one.
 SEEN_TTL = 86_400
 OTHERS_INTERVAL = 0.1
+# How long a process re-delivering a request bound elsewhere waits for its envelope.
+ENVELOPE_WAIT = 2.0
 
 
 # Bind a taken request to its Request URL slot, once: SET NX, then the in-flight bookkeeping.
@@ -90,7 +96,8 @@ return 1
 """.replace("SEEN_TTL", str(SEEN_TTL))
 
 # Bind a request handed over locally (never queued): the same, plus its hash for other
-# processes (a long-poll reply may arrive at any of them). ARGV[5]: "1" unless the requestor
+# processes (a long-poll reply may arrive at any of them), without the envelope, which stays
+# in this process (_envelope_from_home). ARGV[5]: "1" unless the requestor
 # already left, in which case the slot is bound to a request that no longer exists (RH-47) and
 # nothing is in flight.
 _BIND_LOCAL = """
@@ -216,6 +223,9 @@ class RedisBroker(Broker):
         self._bound_slot: dict[str, str] = {}  # request id -> its slot in _bound
         # Slots of requests handed over locally and answered here: never written to Redis.
         self._local_slots: dict[str, PublicRequest] = {}
+        # Request id -> envelope of a request handed over locally and bound for long-poll,
+        # while its requestor waits: its hash in Redis has none (_envelope_from_home).
+        self._envelopes: dict[str, bytes] = {}
         self._labels: dict[str, tuple[str, float]] = {}  # label -> (key, cached until)
         self._seen_written: dict[str, float] = {}
         self._dispatchers: dict[str, _Dispatcher] = {}
@@ -272,11 +282,12 @@ class RedisBroker(Broker):
     async def _listen(self) -> None:
         """Receive replies for this process and registration events; reconnect forever."""
         reply_channel = self._k("reply", self._proc)
+        envelope_channel = self._k("envelope", self._proc)
         events_channel = self._k("events")
         while not self._closing:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(reply_channel, events_channel)
+                await pubsub.subscribe(reply_channel, envelope_channel, events_channel)
                 self._labels.clear()  # events may have been missed while unsubscribed
                 self._subscribed.set()
                 await self._collect_stranded_replies()
@@ -286,6 +297,8 @@ class RedisBroker(Broker):
                     channel = message["channel"].decode()
                     if channel == reply_channel:
                         await self._on_reply(message["data"])
+                    elif channel == envelope_channel:
+                        self._in_background(self._give_envelope(message["data"]))
                     else:
                         self._on_event(message["data"])
             except asyncio.CancelledError:
@@ -327,6 +340,29 @@ class RedisBroker(Broker):
             future = self._pending.get(request_id)
             if future is not None and not future.done():
                 future.set_result(Reply.unpack(packed))
+
+    async def _give_envelope(self, data: bytes) -> None:
+        """Answer another process's ask for the envelope of a request bound here (an empty
+        answer: its requestor left)."""
+        request_id, answer = msgpack.unpackb(data, raw=False)
+        envelope = self._envelopes.get(request_id, b"")
+        with contextlib.suppress(RedisError, OSError):
+            await self._link.transaction(
+                [("RPUSH", answer, envelope), ("EXPIRE", answer, int(ENVELOPE_WAIT) + 5)]
+            )
+
+    async def _envelope_from_home(self, request: PublicRequest) -> bytes | None:
+        """The envelope of ``request``, bound for long-poll by the process holding its
+        requestor (``request.origin``), which kept it; None if that requestor left, or that
+        process is gone or does not answer within ``ENVELOPE_WAIT``."""
+        if request.origin == self._proc:
+            return self._envelopes.get(request.request_id)
+        answer = self._k("envans", new_id())
+        ask = msgpack.packb([request.request_id, answer], use_bin_type=True)
+        if not await self._link.call("PUBLISH", self._k("envelope", request.origin), ask):
+            return None  # nobody listens there: the process is gone
+        popped = await self._redis.blpop([answer], timeout=ENVELOPE_WAIT)
+        return popped[1] if popped and popped[1] else None
 
     def _on_event(self, data: bytes) -> None:
         kind, key = data.decode().split(" ", 1)
@@ -630,10 +666,13 @@ class RedisBroker(Broker):
         """Requests of ``key`` handed over in this process and answered here, unanswered."""
         return sum(1 for request in self._local_slots.values() if request.key == key)
 
-    def _record(self, key: str, request: PublicRequest) -> dict[str, str | bytes | int]:
-        """The fields of the ``req:<id>`` hash (read back by :meth:`_from_hash`)."""
-        return {
-            "env": request.envelope,
+    def _record(
+        self, key: str, request: PublicRequest, *, envelope: bool = True
+    ) -> dict[str, str | bytes | int]:
+        """The fields of the ``req:<id>`` hash (read back by :meth:`_from_hash`); without
+        ``envelope``, the hash has no ``env`` (it stays in this process, see :meth:`bind`)."""
+        fields: dict[str, str | bytes | int] = {"env": request.envelope} if envelope else {}
+        return fields | {
             "client": request.requesting_client,
             "method": request.method,
             "deadline": repr(request.deadline),
@@ -656,6 +695,7 @@ class RedisBroker(Broker):
 
     def forget(self, ticket: Ticket) -> None:
         self._pending.pop(ticket.request_id, None)
+        self._envelopes.pop(ticket.request_id, None)
         shared = self._shared.get(ticket.key)
         if shared is not None:
             shared.discard(ticket.request_id)
@@ -836,9 +876,12 @@ class RedisBroker(Broker):
                 self._k("seen", taken.key),
             ]
             waiting = request.request_id in self._pending
-            fields = [x for pair in self._record(taken.key, request).items() for x in pair]
+            record = self._record(taken.key, request, envelope=False)
+            fields = [x for pair in record.items() for x in pair]
             args = [request.request_id, ttl, repr(request.deadline), moment, int(waiting)]
             script = _BIND_LOCAL
+            if waiting:  # before the round trip: forget() may come meanwhile
+                self._envelopes[request.request_id] = request.envelope
         else:
             keys = [
                 self._k("slot", slot),
@@ -849,8 +892,13 @@ class RedisBroker(Broker):
             fields = []
             args = [request.request_id, ttl, repr(request.deadline), moment]
             script = _BIND
-        async with self._guard():
-            bound = await self._link.call("EVAL", script, 4, *keys, *args, *fields)
+        bound = 0
+        try:
+            async with self._guard():
+                bound = await self._link.call("EVAL", script, 4, *keys, *args, *fields)
+        finally:
+            if taken.local and not (bound and self._is_pending(request.request_id)):
+                self._envelopes.pop(request.request_id, None)
         if bound:
             self._remember_bound(slot, request)
             self._seen_written[taken.key] = now()
@@ -911,6 +959,8 @@ class RedisBroker(Broker):
         self._pop_bound(slot)
         request_id = taken.request.request_id
         keys = [self._k("slot", slot), self._k("inflight", taken.key), self._k("req", request_id)]
+        if taken.local:
+            self._envelopes.pop(request_id, None)  # put_back stores it with the request again
         async with self._guard():
             await self._link.call("EVAL", _UNBIND, 3, *keys, request_id, int(taken.local))
 
@@ -937,7 +987,19 @@ class RedisBroker(Broker):
             return local if self._still_waiting(local) else None
         async with self._guard():
             request_id = await self._link.call("GET", self._k("slot", slot))
-            return await self._load(request_id.decode()) if request_id else None
+            if not request_id:
+                return None
+            request_id = request_id.decode()
+            flat = await self._link.call("HGETALL", self._k("req", request_id))
+            data = dict(zip(flat[::2], flat[1::2], strict=True))
+            request = self._from_hash(request_id, data)
+            if request is None or b"env" in data:
+                return request
+            envelope = await self._envelope_from_home(request)  # bound for long-poll there
+            if not envelope:
+                return None
+            request.envelope = envelope
+            return request
 
     def claim_nowait(self, slot: str) -> PublicRequest | None:
         local_slot = self._local_slots.pop(slot, None)
