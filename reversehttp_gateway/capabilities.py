@@ -27,10 +27,17 @@ def _mac(*parts: str) -> str:
     return _keyed_mac(settings.SECRET_KEY, *parts)
 
 
+@functools.lru_cache(maxsize=16)
+def _keyed(key: str) -> hmac.HMAC:
+    """An HMAC-SHA256 state keyed with ``key``, to copy: ``hmac.digest`` keys OpenSSL anew on
+    every call, which cost ten times more in the gateway process than a copy of this state."""
+    return hmac.new(key.encode(), digestmod=hashlib.sha256)
+
+
 def _keyed_mac(key: str, *parts: str) -> str:
-    message = "\x00".join(("reversehttp-gateway", *parts)).encode()
-    digest = hmac.digest(key.encode(), message, hashlib.sha256)
-    return base64.urlsafe_b64encode(digest[:_MAC_BYTES]).decode()
+    state = _keyed(key).copy()
+    state.update("\x00".join(("reversehttp-gateway", *parts)).encode())
+    return base64.urlsafe_b64encode(state.digest()[:_MAC_BYTES]).decode()
 
 
 @functools.lru_cache(maxsize=8192)
