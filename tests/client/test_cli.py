@@ -239,3 +239,26 @@ def test_loop_choice() -> None:
         + ["--loop", "asyncio"]
     )
     assert args.loop == "asyncio"
+
+
+def test_request_lines_read_as_with_the_standard_formatter() -> None:
+    """LineFormatter caches the time of day per second; the lines are what logging.Formatter
+    with the same format wrote (docs/client.md shows them)."""
+    import logging
+
+    from reversehttp_gateway.client.cli import LineFormatter
+
+    fast, standard = LineFormatter(), logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    start = time.time()
+    for offset in (0.0, 0.4, 1.2, 61.0, 3600.5):
+        line = {"msg": "%s %s %d %.1fms", "args": ("GET", "/a b", 200, 0.71)}
+        record = logging.makeLogRecord(line | {"created": start + offset})
+        assert fast.format(record) == standard.format(record)
+        assert fast.format(record).endswith(" GET /a b 200 0.7ms")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        failed = logging.makeLogRecord({"msg": "failed", "exc_info": sys.exc_info()})
+    assert "Traceback" in fast.format(failed) and "ValueError: boom" in fast.format(failed)
