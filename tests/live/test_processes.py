@@ -192,6 +192,32 @@ async def test_reaper_requeues_what_a_crashed_process_had_taken(start_gateway, r
         await store.aclose()
 
 
+async def test_lost_delivery_of_a_local_handover_is_redelivered_by_another_process(
+    start_gateway,
+):
+    """RH-29 across processes for a request whose poller and requestor were on one process
+    (A): its envelope stayed in A, and B, which gets the retry, fetches it from A whole (a
+    256 KiB body); the reply posted to B reaches the requestor on A (RH-47)."""
+    a = start_gateway("redis", prefix="home")
+    b = start_gateway("redis", prefix="home", DB_PATH=str(a.db_path))
+    body = bytes(range(256)) * 1024
+    async with httpx.AsyncClient(timeout=15) as client:
+        reg = await register(client, a.service_url, unique_label())
+        poll = asyncio.ensure_future(client.get(reg.first))  # on A
+        await asyncio.sleep(0.2)
+        public = asyncio.ensure_future(client.post(reg.public + "upload", content=body))  # on A
+        delivered = await poll  # ... and "lost" on the way back
+        assert delivered.status_code == 200 and delivered.content.endswith(body)
+        retry = await client.get(on(b, reg.first))  # the retry reaches B
+        assert retry.status_code == 200, retry.text
+        assert retry.content == delivered.content
+        reply = await client.post(on(b, reg.first), content=envelope(body=b"stored"))
+        assert reply.status_code == 202
+        assert (await public).text == "stored"
+        again = await client.post(on(b, reg.first), content=envelope(body=b"twice"))
+        assert again.status_code == 404  # RH-47: answered once
+
+
 async def test_lost_poll_response_is_redelivered_by_the_process_that_issued_the_url(
     start_gateway,
 ):
