@@ -280,7 +280,8 @@ class RedisBroker(Broker):
             await self._redis.aclose()
 
     async def _listen(self) -> None:
-        """Receive replies for this process and registration events; reconnect forever."""
+        """Receive replies for this process, asks for envelopes kept here and registration
+        events; reconnect forever."""
         reply_channel = self._k("reply", self._proc)
         envelope_channel = self._k("envelope", self._proc)
         events_channel = self._k("events")
@@ -827,8 +828,11 @@ class RedisBroker(Broker):
             await pipe.execute()
 
     async def _load(self, request_id: str) -> PublicRequest | None:
+        return self._from_hash(request_id, await self._read_hash(request_id))
+
+    async def _read_hash(self, request_id: str) -> dict[bytes, bytes]:
         flat = await self._link.call("HGETALL", self._k("req", request_id))
-        return self._from_hash(request_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+        return dict(zip(flat[::2], flat[1::2], strict=True))
 
     @staticmethod
     def _from_hash(request_id: str, data: dict[bytes, bytes]) -> PublicRequest | None:
@@ -990,8 +994,7 @@ class RedisBroker(Broker):
             if not request_id:
                 return None
             request_id = request_id.decode()
-            flat = await self._link.call("HGETALL", self._k("req", request_id))
-            data = dict(zip(flat[::2], flat[1::2], strict=True))
+            data = await self._read_hash(request_id)
             request = self._from_hash(request_id, data)
             if request is None or b"env" in data:
                 return request
