@@ -672,8 +672,7 @@ class RedisBroker(Broker):
     ) -> dict[str, str | bytes | int]:
         """The fields of the ``req:<id>`` hash (read back by :meth:`_from_hash`); without
         ``envelope``, the hash has no ``env`` (it stays in this process, see :meth:`bind`)."""
-        fields: dict[str, str | bytes | int] = {"env": request.envelope} if envelope else {}
-        return fields | {
+        fields: dict[str, str | bytes | int] = {
             "client": request.requesting_client,
             "method": request.method,
             "deadline": repr(request.deadline),
@@ -682,6 +681,9 @@ class RedisBroker(Broker):
             "stream": request.body_stream,
             "length": "" if request.body_length is None else request.body_length,
         }
+        if envelope:
+            fields["env"] = request.envelope
+        return fields
 
     async def app_available(self, key: str, grace: float) -> bool:
         if self._backlog.serving(key, grace) or self.local_in_flight(key):
